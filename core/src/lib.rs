@@ -1,0 +1,53 @@
+//! # unionsync-core
+//!
+//! The pure heart of unionsync: no IO, no clock, no threads. It decides what
+//! a sync does; the shell moves the bytes.
+//!
+//! ```text
+//!  compute side reports          project side states           base store
+//!  (upper entries, whiteouts,    (stat of those paths, their    (what both agreed
+//!   what it saw in the lower)     ancestors, deleted subtrees)   at the last sync)
+//!            \                          |                          /
+//!             +-------------> Inputs (path -> PathInput) <--------+
+//!                                       |
+//!                                  reconcile()
+//!                                       |
+//!                     Plan { resolutions, project_ops, compute_ops }
+//!                        |                 |                   |
+//!                 sync report       project shell applies   compute shell applies
+//!                 (conflicts)       (CAS on `expect`)       (after the project)
+//!                                       |
+//!                     BaseEntry::after_sync(upper, project) per path
+//! ```
+//!
+//! ```
+//! use unionsync_core::{reconcile, Inputs, Meta, PathInput, RelPath, Reported};
+//!
+//! // The compute side created `notes.txt`; the project has never seen it.
+//! let mut inputs = Inputs::new();
+//! inputs.insert(
+//!     RelPath::new("notes.txt").unwrap(),
+//!     PathInput {
+//!         compute: Some(Reported::Present(Meta::file(0o644, 5, 1_000))),
+//!         ..PathInput::default()
+//!     },
+//! );
+//! let plan = reconcile(&inputs).unwrap();
+//! assert_eq!(plan.project_ops.len(), 1); // create notes.txt in the project
+//! assert!(plan.compute_ops.is_empty()); // the upper already has it
+//! ```
+
+pub mod meta;
+#[cfg(feature = "model")]
+pub mod model;
+pub mod path;
+pub mod plan;
+pub mod reconcile;
+
+pub use meta::{same_state, ContentHash, Kind, Meta, Sameness, PERM_MASK};
+pub use path::{PathError, RelPath, RESERVED_DIR};
+pub use plan::{conflict_path, reconcile, ComputeOp, Plan, ProjectOp};
+pub use reconcile::{
+    needs_hashes, needs_project_subtree, BaseEntry, ComputeView, Decision, InputError, Inputs,
+    PathInput, Reported, Resolution, Side,
+};

@@ -1,0 +1,266 @@
+//! What one side knows about one path: kind, mode, size, mtime, content hash.
+//!
+//! Two comparisons, kept apart on purpose:
+//! - [`Meta::changed_since`] compares two observations *by the same machine*
+//!   and may use its mtimes;
+//! - [`Meta::same_content`] compares observations from *different machines*
+//!   and never looks at a timestamp: only kind, mode, symlink target, size
+//!   and content hash.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Permission bits kept and synced (`chmod` range, no file-type bits).
+pub const PERM_MASK: u32 = 0o7777;
+
+/// A content digest (BLAKE3 or similar, computed by the shell).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ContentHash(pub [u8; 32]);
+
+impl fmt::Debug for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+    /// A symbolic link; its target is bytes and is never followed.
+    Symlink {
+        target: Vec<u8>,
+    },
+}
+
+/// One side's observation of one path.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Meta {
+    pub kind: Kind,
+    /// Permission bits; only `PERM_MASK` counts.
+    pub mode: u32,
+    /// Bytes of content (files); target length (symlinks); 0 (directories).
+    pub size: u64,
+    /// Modification time in ns on the observing machine's clock. Meaningful
+    /// only against another observation by the same machine.
+    pub mtime_ns: i64,
+    /// Status-change time in ns on the observing machine's clock (0 when
+    /// unknown). Unlike the mtime, no transfer can set it, so it catches an
+    /// edit that keeps size and mtime (coarse timestamps, a preserved mtime).
+    pub ctime_ns: i64,
+    /// Content digest when the observer computed one.
+    pub hash: Option<ContentHash>,
+}
+
+/// The answer to "do these hold the same content?" across machines.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Sameness {
+    Same,
+    Different,
+    /// Two files of equal size and mode whose hashes are not both known.
+    Unknown,
+}
+
+impl Meta {
+    pub fn file(mode: u32, size: u64, mtime_ns: i64) -> Meta {
+        Meta {
+            kind: Kind::File,
+            mode: mode & PERM_MASK,
+            size,
+            mtime_ns,
+            ctime_ns: 0,
+            hash: None,
+        }
+    }
+
+    pub fn dir(mode: u32, mtime_ns: i64) -> Meta {
+        Meta {
+            kind: Kind::Dir,
+            mode: mode & PERM_MASK,
+            size: 0,
+            mtime_ns,
+            ctime_ns: 0,
+            hash: None,
+        }
+    }
+
+    pub fn symlink(target: impl Into<Vec<u8>>, mtime_ns: i64) -> Meta {
+        let target = target.into();
+        Meta {
+            size: target.len() as u64,
+            kind: Kind::Symlink { target },
+            mode: 0o777,
+            mtime_ns,
+            ctime_ns: 0,
+            hash: None,
+        }
+    }
+
+    pub fn with_ctime(mut self, ctime_ns: i64) -> Meta {
+        self.ctime_ns = ctime_ns;
+        self
+    }
+
+    pub fn with_hash(mut self, hash: ContentHash) -> Meta {
+        self.hash = Some(hash);
+        self
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == Kind::Dir
+    }
+
+    pub fn perm(&self) -> u32 {
+        self.mode & PERM_MASK
+    }
+
+    /// Did this path change between an `earlier` observation and this one,
+    /// both taken on the same machine?
+    ///
+    /// A directory changes only by kind or mode (its children are paths of
+    /// their own); a symlink by its target; a file by mode, size, or content
+    /// (the hash when both are known, else the mtime and ctime).
+    pub fn changed_since(&self, earlier: &Meta) -> bool {
+        if self.kind != earlier.kind {
+            return true;
+        }
+        match self.kind {
+            Kind::Dir => self.perm() != earlier.perm(),
+            Kind::Symlink { .. } => false,
+            Kind::File => {
+                if self.perm() != earlier.perm() || self.size != earlier.size {
+                    return true;
+                }
+                match (self.hash, earlier.hash) {
+                    (Some(now), Some(then)) => now != then,
+                    _ => self.mtime_ns != earlier.mtime_ns || self.ctime_ns != earlier.ctime_ns,
+                }
+            }
+        }
+    }
+
+    /// True when `self` differs from `earlier` (same machine) in its mode
+    /// alone: a pure `chmod`.
+    pub fn is_chmod_of(&self, earlier: &Meta) -> bool {
+        let content_kept = match (self.hash, earlier.hash) {
+            (Some(now), Some(then)) => now == then,
+            _ => self.mtime_ns == earlier.mtime_ns,
+        };
+        self.kind == earlier.kind
+            && self.perm() != earlier.perm()
+            && self.size == earlier.size
+            && (self.kind != Kind::File || content_kept)
+    }
+
+    /// Do two observations, possibly by different machines, hold the same
+    /// content? Never looks at mtimes.
+    pub fn same_content(&self, other: &Meta) -> Sameness {
+        if self.kind != other.kind {
+            return Sameness::Different;
+        }
+        match self.kind {
+            Kind::Symlink { .. } => Sameness::Same,
+            Kind::Dir if self.perm() == other.perm() => Sameness::Same,
+            Kind::Dir => Sameness::Different,
+            Kind::File => {
+                if self.perm() != other.perm() || self.size != other.size {
+                    return Sameness::Different;
+                }
+                match (self.hash, other.hash) {
+                    (Some(a), Some(b)) if a == b => Sameness::Same,
+                    (Some(_), Some(_)) => Sameness::Different,
+                    _ => Sameness::Unknown,
+                }
+            }
+        }
+    }
+}
+
+/// [`Meta::same_content`] over "present or absent" states.
+pub fn same_state(a: Option<&Meta>, b: Option<&Meta>) -> Sameness {
+    match (a, b) {
+        (None, None) => Sameness::Same,
+        (Some(a), Some(b)) => a.same_content(b),
+        _ => Sameness::Different,
+    }
+}
+
+/// Short human form: `file 0644 12B`, `dir 0755`, `link -> target`.
+impl fmt::Display for Meta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::File => write!(f, "file {:04o} {}B", self.perm(), self.size),
+            Kind::Dir => write!(f, "dir {:04o}", self.perm()),
+            Kind::Symlink { target } => write!(f, "link -> {}", target.escape_ascii()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H1: ContentHash = ContentHash([1; 32]);
+    const H2: ContentHash = ContentHash([2; 32]);
+
+    #[test]
+    fn a_file_changes_with_its_mtime_when_no_hashes_are_known() {
+        assert!(Meta::file(0o644, 3, 2).changed_since(&Meta::file(0o644, 3, 1)));
+        assert!(!Meta::file(0o644, 3, 1).changed_since(&Meta::file(0o644, 3, 1)));
+    }
+
+    #[test]
+    fn a_file_changes_with_its_ctime_even_when_the_mtime_was_kept() {
+        let then = Meta::file(0o644, 3, 1).with_ctime(10);
+        assert!(Meta::file(0o644, 3, 1).with_ctime(11).changed_since(&then));
+    }
+
+    #[test]
+    fn a_touch_is_no_change_when_hashes_agree() {
+        let then = Meta::file(0o644, 3, 1).with_hash(H1);
+        assert!(!Meta::file(0o644, 3, 9).with_hash(H1).changed_since(&then));
+        assert!(Meta::file(0o644, 3, 1).with_hash(H2).changed_since(&then));
+    }
+
+    #[test]
+    fn chmod_alone_is_a_change() {
+        let then = Meta::file(0o644, 3, 1);
+        let now = Meta::file(0o600, 3, 1);
+        assert!(now.changed_since(&then));
+        assert!(now.is_chmod_of(&then));
+        assert!(!Meta::file(0o600, 4, 1).is_chmod_of(&then));
+    }
+
+    #[test]
+    fn a_directory_changes_only_by_mode_or_kind() {
+        assert!(!Meta::dir(0o755, 9).changed_since(&Meta::dir(0o755, 1)));
+        assert!(Meta::dir(0o700, 1).changed_since(&Meta::dir(0o755, 1)));
+        assert!(Meta::file(0o755, 0, 1).changed_since(&Meta::dir(0o755, 1)));
+    }
+
+    #[test]
+    fn a_symlink_changes_with_its_target() {
+        assert!(Meta::symlink("b", 1).changed_since(&Meta::symlink("a", 1)));
+        assert!(!Meta::symlink("a", 5).changed_since(&Meta::symlink("a", 1)));
+    }
+
+    #[test]
+    fn content_across_machines_ignores_mtimes() {
+        let here = Meta::file(0o644, 3, 1).with_hash(H1);
+        let there = Meta::file(0o644, 3, 999).with_hash(H1);
+        assert_eq!(here.same_content(&there), Sameness::Same);
+        assert_eq!(
+            Meta::file(0o644, 3, 1).same_content(&Meta::file(0o644, 3, 1)),
+            Sameness::Unknown,
+            "equal mtimes from two clocks prove nothing"
+        );
+        assert_eq!(
+            here.same_content(&Meta::file(0o600, 3, 1).with_hash(H1)),
+            Sameness::Different
+        );
+    }
+}

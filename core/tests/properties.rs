@@ -1,0 +1,112 @@
+//! The sync invariants, as properties over random trees and random mutation
+//! sequences on both sides (see `unionsync_core::model`).
+//!
+//! Each scenario: the project starts with a random tree; then a few rounds of
+//! random mutations on both sides (interleaved), each round ending in a sync.
+//! Paths come from a tiny namespace so the two sides collide often.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use unionsync_core::model::{
+    check_confinement, check_convergence, check_idempotent, check_nothing_lost, check_project_wins,
+    Actor, Mutation, SyncRecord, World,
+};
+use unionsync_core::RelPath;
+
+#[derive(Clone, Debug)]
+struct Scenario {
+    hashes: bool,
+    initial: Vec<Mutation>,
+    rounds: Vec<Vec<(Actor, Mutation)>>,
+}
+
+fn path() -> impl Strategy<Value = RelPath> {
+    let name = prop::sample::select(vec!["a", "b", "-c"]);
+    prop::collection::vec(name, 1..=3)
+        .prop_map(|names| RelPath::new(names.join("/")).expect("valid test path"))
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    let content = prop::collection::vec(prop::sample::select(vec![b'x', b'y']), 0..3);
+    let mode = prop::sample::select(vec![0o644, 0o600, 0o755]);
+    let target = prop::sample::select(vec![&b"a"[..], b"../b", b"t"]);
+    prop_oneof![
+        4 => (path(), content).prop_map(|(p, c)| Mutation::Write(p, c)),
+        2 => path().prop_map(Mutation::Mkdir),
+        2 => path().prop_map(Mutation::Remove),
+        1 => (path(), mode).prop_map(|(p, m)| Mutation::Chmod(p, m)),
+        1 => (path(), target).prop_map(|(p, t)| Mutation::Symlink(p, t.to_vec())),
+        1 => (path(), path()).prop_map(|(a, b)| Mutation::Rename(a, b)),
+    ]
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    let actor = prop_oneof![Just(Actor::Compute), Just(Actor::Project)];
+    let round = prop::collection::vec((actor, mutation()), 0..12);
+    (
+        any::<bool>(),
+        prop::collection::vec(mutation(), 0..10),
+        prop::collection::vec(round, 1..4),
+    )
+        .prop_map(|(hashes, initial, rounds)| Scenario {
+            hashes,
+            initial,
+            rounds,
+        })
+}
+
+/// Runs the scenario, checking `property` after every sync.
+fn check_every_sync(
+    scenario: &Scenario,
+    property: impl Fn(&SyncRecord, &World, &BTreeSet<RelPath>) -> Result<(), String>,
+) -> Result<(), TestCaseError> {
+    let mut world = World::new(scenario.hashes);
+    for m in &scenario.initial {
+        world.mutate(Actor::Project, m);
+    }
+    for round in &scenario.rounds {
+        for (actor, m) in round {
+            world.mutate(*actor, m);
+        }
+        let sync_set = world.sync_set();
+        let record = world.sync().map_err(TestCaseError::fail)?;
+        property(&record, &world, &sync_set)
+            .map_err(|e| TestCaseError::fail(format!("{e}\nplan:\n{}", record.plan)))?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn every_plan_applies_cleanly(s in scenario()) {
+        check_every_sync(&s, |_, _, _| Ok(()))?;
+    }
+
+    #[test]
+    fn union_view_equals_project_after_every_sync(s in scenario()) {
+        check_every_sync(&s, |_, world, _| check_convergence(world))?;
+    }
+
+    #[test]
+    fn project_wins_every_conflict(s in scenario()) {
+        check_every_sync(&s, |record, world, _| check_project_wins(record, world))?;
+    }
+
+    #[test]
+    fn nothing_written_on_either_side_is_lost(s in scenario()) {
+        check_every_sync(&s, |record, world, _| check_nothing_lost(record, world))?;
+    }
+
+    #[test]
+    fn a_second_sync_plans_nothing(s in scenario()) {
+        check_every_sync(&s, |_, world, _| check_idempotent(world))?;
+    }
+
+    #[test]
+    fn steps_stay_within_the_sync_set(s in scenario()) {
+        check_every_sync(&s, |record, _, sync_set| check_confinement(record, sync_set))?;
+    }
+}
