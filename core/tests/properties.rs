@@ -110,3 +110,61 @@ proptest! {
         check_every_sync(&s, |record, _, sync_set| check_confinement(record, sync_set))?;
     }
 }
+
+/// Regressions found by the properties above, replayed by name.
+mod regressions {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).expect("valid test path")
+    }
+
+    fn sync_checked(world: &mut World) {
+        let record = world.sync().expect("sync applies");
+        check_convergence(world).expect("converges");
+        check_nothing_lost(&record, world).expect("nothing lost");
+        check_idempotent(world).expect("second sync is empty");
+    }
+
+    /// Without hashes, equal content is "unknown" across machines; an
+    /// unchanged path must still not be re-fetched every sync.
+    #[test]
+    fn unchanged_file_without_hashes_is_not_fetched_again() {
+        let mut world = World::new(false);
+        world.mutate(Actor::Compute, &Mutation::Write(p("a"), vec![]));
+        sync_checked(&mut world);
+    }
+
+    /// A push preserves the compute side's mtime on the project; a later
+    /// project edit of the same size that happens to get the same mtime
+    /// (coarse clocks) is still a change, seen by its ctime.
+    #[test]
+    fn project_edit_with_a_colliding_mtime_is_still_pulled() {
+        let mut world = World::new(false);
+        world.mutate(Actor::Project, &Mutation::Write(p("a"), vec![]));
+        sync_checked(&mut world);
+        world.mutate(Actor::Compute, &Mutation::Write(p("a"), b"xx".to_vec()));
+        sync_checked(&mut world);
+        let pushed_mtime = world.project[&p("a")].mtime;
+        world.mutate(Actor::Project, &Mutation::Write(p("a"), b"yx".to_vec()));
+        world.project.get_mut(&p("a")).expect("written").mtime = pushed_mtime;
+        sync_checked(&mut world);
+        assert_eq!(
+            world.union_get(&p("a")).expect("visible").0.content,
+            world.project[&p("a")].content
+        );
+    }
+
+    /// A no-op chmod copies a lower file up without changing it: when the
+    /// project then replaces the file with a directory, nothing of the
+    /// compute side's is lost and no conflict is reported.
+    #[test]
+    fn noop_copy_up_then_project_type_change_is_a_plain_pull() {
+        let mut world = World::new(true);
+        world.mutate(Actor::Project, &Mutation::Write(p("a"), vec![]));
+        world.mutate(Actor::Compute, &Mutation::Chmod(p("a"), 0o644));
+        world.mutate(Actor::Project, &Mutation::Mkdir(p("a")));
+        sync_checked(&mut world);
+        assert!(world.conflicts.is_empty());
+    }
+}
