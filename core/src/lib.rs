@@ -43,6 +43,7 @@ pub mod model;
 pub mod path;
 pub mod plan;
 pub mod reconcile;
+pub mod wire;
 
 pub use meta::{same_state, ContentHash, Kind, Meta, Sameness, PERM_MASK};
 pub use path::{PathError, RelPath, RESERVED_DIR};
@@ -51,3 +52,4 @@ pub use reconcile::{
     needs_hashes, needs_project_subtree, BaseEntry, ComputeView, Decision, InputError, Inputs,
     PathInput, Reported, Resolution, Side,
 };
+pub use wire::{Change, ErrorCode, Message, WireError, PROTOCOL_VERSION};

@@ -1,0 +1,267 @@
+//! Wire messages between a compute agent and the project server, and their
+//! codec.
+//!
+//! Every message is one websocket binary frame holding a postcard-encoded
+//! [`Message`]. A frame is checked against [`MAX_MESSAGE_LEN`] before it is
+//! decoded, and decoding never panics: malformed input is a [`WireError`].
+//!
+//! One sync, as the two sessions drive it (project decides, compute obeys):
+//!
+//! ```text
+//!  compute                                   project
+//!     Hello{version, id, token, epoch} ──►
+//!                                       ◄── Welcome{epoch, full}
+//!     Changes{sync, epoch, entries} ────►   (+ base, project stats)
+//!                                       ◄── HashRequest{paths}      (only if needed)
+//!     Hashes{..} ───────────────────────►
+//!                                       ◄── Plan{compute ops, want}
+//!     FileData*/FileSkipped*, DataDone ─►   (project applies, CAS)
+//!                                       ◄── FileData*, DataDone, ProjectApplied{deferred}
+//!     ComputeApplied{deferred, upper} ──►   (project records the new base)
+//!                                       ◄── Commit{epoch}
+//!     CommitAck{epoch} ─────────────────►
+//! ```
+//!
+//! The project also pushes [`Message::IndexSnapshot`] and
+//! [`Message::IndexDelta`] (the lower metadata index) at any time between
+//! syncs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::meta::{ContentHash, Meta};
+use crate::path::RelPath;
+use crate::plan::ComputeOp;
+use crate::reconcile::Reported;
+
+/// Bumped on any incompatible change of [`Message`].
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest frame accepted (file data comes in chunks far below this).
+pub const MAX_MESSAGE_LEN: usize = 16 << 20;
+/// Size of the file data chunks senders cut files into.
+pub const CHUNK_LEN: usize = 256 << 10;
+
+/// One compute-side change: the path's state in the union and, with no
+/// base, what the lower showed before the first change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub path: RelPath,
+    pub state: Reported,
+    pub seen: Option<Meta>,
+}
+
+/// Why a peer gave up on the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    BadToken,
+    BadVersion,
+    Malformed,
+    Protocol,
+    Internal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// compute → project, first frame.
+    Hello {
+        version: u16,
+        compute_id: u64,
+        token: Vec<u8>,
+        /// The last base epoch the compute side committed (0: none).
+        epoch: u64,
+    },
+    /// project → compute: accepted. `full` asks for a full reconcile (the
+    /// two bases disagree or one is missing).
+    Welcome {
+        epoch: u64,
+        full: bool,
+    },
+    /// compute → project: start sync `sync` with every path changed since
+    /// `epoch`, or with the whole upper layer when `full`.
+    Changes {
+        sync: u64,
+        epoch: u64,
+        full: bool,
+        changes: Vec<Change>,
+    },
+    /// project → compute: content hashes needed to tell identical edits
+    /// from conflicts.
+    HashRequest {
+        sync: u64,
+        paths: Vec<RelPath>,
+    },
+    Hashes {
+        sync: u64,
+        hashes: Vec<(RelPath, Option<ContentHash>)>,
+    },
+    /// project → compute: the compute side's steps, and the files whose
+    /// content the project needs (state as the plan saw it).
+    Plan {
+        sync: u64,
+        ops: Vec<ComputeOp>,
+        want: Vec<(RelPath, Meta)>,
+        conflicts: Vec<RelPath>,
+    },
+    /// A piece of one file's content, in order; `last` closes the file.
+    FileData {
+        sync: u64,
+        path: RelPath,
+        data: Vec<u8>,
+        last: bool,
+    },
+    /// The sender could not ship `path` as planned (changed since, or
+    /// gone): the path is deferred to the next sync.
+    FileSkipped {
+        sync: u64,
+        path: RelPath,
+    },
+    /// The sender shipped everything it was going to.
+    DataDone {
+        sync: u64,
+    },
+    /// project → compute: project steps applied; these were deferred.
+    ProjectApplied {
+        sync: u64,
+        deferred: Vec<RelPath>,
+    },
+    /// compute → project: compute steps applied; these were deferred; the
+    /// upper's state of every other decided path afterwards.
+    ComputeApplied {
+        sync: u64,
+        deferred: Vec<RelPath>,
+        upper: Vec<(RelPath, Option<Meta>)>,
+    },
+    /// project → compute: the new base is durable as `epoch`.
+    Commit {
+        sync: u64,
+        epoch: u64,
+    },
+    CommitAck {
+        sync: u64,
+        epoch: u64,
+    },
+    /// project → compute: the whole lower metadata index.
+    IndexSnapshot {
+        entries: Vec<(RelPath, Meta)>,
+    },
+    /// project → compute: index changes (`None`: gone).
+    IndexDelta {
+        changes: Vec<(RelPath, Option<Meta>)>,
+    },
+    /// Either way: the sender gives up on this connection.
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("message of {len} bytes exceeds the limit of {MAX_MESSAGE_LEN}")]
+    TooLarge { len: usize },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl Message {
+    /// Encodes for one binary frame.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let bytes = postcard::to_allocvec(self).map_err(|e| WireError::Malformed(e.to_string()))?;
+        if bytes.len() > MAX_MESSAGE_LEN {
+            return Err(WireError::TooLarge { len: bytes.len() });
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes one binary frame; trailing bytes are an error.
+    pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
+        if frame.len() > MAX_MESSAGE_LEN {
+            return Err(WireError::TooLarge { len: frame.len() });
+        }
+        match postcard::take_from_bytes(frame) {
+            Ok((message, [])) => Ok(message),
+            Ok((_, rest)) => Err(WireError::Malformed(format!(
+                "{} trailing bytes",
+                rest.len()
+            ))),
+            Err(e) => Err(WireError::Malformed(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Message {
+        Message::Changes {
+            sync: 7,
+            epoch: 3,
+            full: false,
+            changes: vec![Change {
+                path: RelPath::new(&b"--odd\nname\xff"[..]).unwrap(),
+                state: Reported::Present(Meta::file(0o644, 5, 1).with_ctime(2)),
+                seen: Some(Meta::symlink("t", 9)),
+            }],
+        }
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let m = sample();
+        assert_eq!(Message::decode(&m.encode().unwrap()).unwrap(), m);
+    }
+
+    #[test]
+    fn truncated_frames_are_malformed() {
+        let bytes = sample().encode().unwrap();
+        for len in 0..bytes.len() {
+            assert!(matches!(
+                Message::decode(&bytes[..len]),
+                Err(WireError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut bytes = sample().encode().unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn invalid_paths_inside_messages_are_refused() {
+        let m = Message::FileSkipped {
+            sync: 1,
+            path: RelPath::new("a").unwrap(),
+        };
+        let mut bytes = m.encode().unwrap();
+        // The path is the last field: length 1, then `a`. Make it `/`.
+        *bytes.last_mut().unwrap() = b'/';
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_decoding() {
+        let frame = vec![0u8; MAX_MESSAGE_LEN + 1];
+        assert_eq!(
+            Message::decode(&frame),
+            Err(WireError::TooLarge {
+                len: MAX_MESSAGE_LEN + 1
+            })
+        );
+    }
+
+    #[test]
+    fn huge_length_prefixes_do_not_allocate_or_panic() {
+        // A `Changes` claiming u32::MAX entries in a few bytes.
+        let frame = [2u8, 1, 1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(Message::decode(&frame).is_err());
+    }
+}
