@@ -37,19 +37,28 @@
 //! assert!(plan.compute_ops.is_empty()); // the upper already has it
 //! ```
 
+pub mod compute_session;
 pub mod meta;
 #[cfg(feature = "model")]
 pub mod model;
 pub mod path;
 pub mod plan;
+pub mod project_session;
 pub mod reconcile;
+pub mod schedule;
 pub mod wire;
 
+pub use compute_session::{
+    ComputeConfig, ComputeEvent, ComputeIo, ComputeSession, ComputeStatus, Phase, SessionError,
+    SyncReport,
+};
 pub use meta::{same_state, ContentHash, Kind, Meta, Sameness, PERM_MASK};
 pub use path::{PathError, RelPath, RESERVED_DIR};
 pub use plan::{conflict_path, reconcile, ComputeOp, Plan, ProjectOp};
+pub use project_session::{ProjectConfig, ProjectError, ProjectEvent, ProjectIo, ProjectSession};
 pub use reconcile::{
     needs_hashes, needs_project_subtree, BaseEntry, ComputeView, Decision, InputError, Inputs,
     PathInput, Reported, Resolution, Side,
 };
+pub use schedule::{Schedule, Timing};
 pub use wire::{Change, ErrorCode, Message, WireError, PROTOCOL_VERSION};

@@ -1,0 +1,577 @@
+//! The compute side of the protocol: when to sync, and what to do at each
+//! step of one. Sans-IO: the agent feeds it messages, IO results and time,
+//! and polls it for messages, IO requests and events.
+//!
+//! ```text
+//! agent loop:
+//!   session.handle_connected(now)                 on a new connection
+//!   session.handle_message(now, msg)?             for every frame received
+//!   session.handle_timeout(now)                   when poll_timeout() passes
+//!   while let Some(io) = session.poll_io()        do it, then handle_<io>(…)
+//!   while let Some(msg) = session.poll_transmit() send it
+//!   while let Some(ev) = session.poll_event()     log / status
+//! ```
+//!
+//! The compute side keeps no base: the project holds it. It keeps a journal
+//! of paths changed since the last commit and the epoch of that commit.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::meta::{ContentHash, Meta};
+use crate::path::RelPath;
+use crate::plan::ComputeOp;
+use crate::schedule::{Schedule, Timing};
+use crate::wire::{Change, ErrorCode, Message, PROTOCOL_VERSION};
+
+#[derive(Clone, Debug)]
+pub struct ComputeConfig {
+    pub compute_id: u64,
+    pub token: Vec<u8>,
+    pub timing: Timing,
+    /// A sync that makes no progress for this long fails.
+    pub step_timeout: Duration,
+}
+
+/// Work for the agent's storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ComputeIo {
+    /// Report every journaled path (or, `full`, every upper entry and
+    /// whiteout) → [`ComputeSession::handle_changes`], with a journal mark
+    /// that [`ComputeIo::Commit`] hands back.
+    CollectChanges { full: bool },
+    /// → [`ComputeSession::handle_hashes`].
+    Hash { paths: Vec<RelPath> },
+    /// Stream these files to the peer as `FileData` (or `FileSkipped` where
+    /// the file no longer matches or changed while read), then call
+    /// [`ComputeSession::handle_files_sent`].
+    SendFiles { files: Vec<(RelPath, Meta)> },
+    /// Stage received content for a later `Take`.
+    Stage {
+        path: RelPath,
+        data: Vec<u8>,
+        last: bool,
+    },
+    /// Apply the steps with compare-and-swap, using staged content; a step
+    /// whose precondition fails is deferred → [`ComputeSession::handle_applied`].
+    Apply { ops: Vec<ComputeOp> },
+    /// Durably record `epoch` and drop `paths` from the journal where their
+    /// entry is not newer than `mark` → [`ComputeSession::handle_committed`].
+    Commit {
+        epoch: u64,
+        mark: u64,
+        paths: Vec<RelPath>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ComputeEvent {
+    SyncStarted {
+        sync: u64,
+    },
+    SyncDone(SyncReport),
+    SyncFailed {
+        error: String,
+    },
+    /// Too many failures in a row: no syncs until `clear_error`.
+    Paused,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReport {
+    pub sync: u64,
+    pub epoch: u64,
+    pub files_sent: u64,
+    pub files_received: u64,
+    pub bytes_received: u64,
+    pub compute_steps: u64,
+    pub conflicts: Vec<RelPath>,
+    pub deferred: Vec<RelPath>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Disconnected,
+    Handshake,
+    Idle,
+    Collecting,
+    Planning,
+    Hashing,
+    Sending,
+    Receiving,
+    Applying,
+    Committing,
+}
+
+/// A snapshot for `unionsync status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeStatus {
+    pub phase: Phase,
+    pub connected: bool,
+    pub epoch: u64,
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub last_sync: Option<SyncReport>,
+    pub last_error: Option<String>,
+    pub failures_in_a_row: u32,
+    pub paused: bool,
+    /// Time until the next sync, when one is scheduled.
+    pub next_sync_in: Option<Duration>,
+}
+
+/// Why the session wants the connection closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("project refused the connection ({code:?}): {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("unexpected {got} while {phase:?}")]
+    Unexpected { got: &'static str, phase: Phase },
+    #[error("message for sync {got}, expected sync {expected}")]
+    WrongSync { got: u64, expected: u64 },
+    #[error("no progress for {0:?}")]
+    Timeout(Duration),
+}
+
+/// One sync in flight.
+#[derive(Debug, Default)]
+struct InFlight {
+    sync: u64,
+    mark: u64,
+    reported: Vec<RelPath>,
+    ops: Vec<ComputeOp>,
+    deferred: BTreeSet<RelPath>,
+    report: SyncReport,
+}
+
+pub struct ComputeSession {
+    config: ComputeConfig,
+    schedule: Schedule,
+    phase: Phase,
+    /// The last committed epoch (0: none).
+    epoch: u64,
+    /// The project asked for a full reconcile.
+    full: bool,
+    next_sync: u64,
+    flight: Option<InFlight>,
+    last_progress: Instant,
+    last_sync: Option<SyncReport>,
+    last_error: Option<String>,
+    files_total: u64,
+    io: VecDeque<ComputeIo>,
+    transmit: VecDeque<Message>,
+    events: VecDeque<ComputeEvent>,
+    /// Set when the session wants the agent to close the connection.
+    close: Option<SessionError>,
+}
+
+impl ComputeSession {
+    /// `epoch` is the last committed epoch from durable state (0: none).
+    pub fn new(config: ComputeConfig, epoch: u64, now: Instant) -> ComputeSession {
+        ComputeSession {
+            schedule: Schedule::new(config.timing.clone(), now),
+            config,
+            phase: Phase::Disconnected,
+            epoch,
+            full: false,
+            next_sync: 1,
+            flight: None,
+            last_progress: now,
+            last_sync: None,
+            last_error: None,
+            files_total: 0,
+            io: VecDeque::new(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            close: None,
+        }
+    }
+
+    pub fn handle_connected(&mut self, now: Instant) {
+        self.phase = Phase::Handshake;
+        self.last_progress = now;
+        self.close = None;
+        self.transmit.clear();
+        self.transmit.push_back(Message::Hello {
+            version: PROTOCOL_VERSION,
+            compute_id: self.config.compute_id,
+            token: self.config.token.clone(),
+            epoch: self.epoch,
+        });
+    }
+
+    /// The connection is gone; a sync in flight failed.
+    pub fn handle_disconnected(&mut self, now: Instant, reason: &str) {
+        if self.flight.is_some() {
+            self.fail(now, format!("connection lost: {reason}"), false);
+        }
+        self.phase = Phase::Disconnected;
+        self.io.clear();
+        self.transmit.clear();
+    }
+
+    pub fn sync_now(&mut self, now: Instant) {
+        self.schedule.sync_now(now);
+        self.maybe_start(now);
+    }
+
+    pub fn clear_error(&mut self, now: Instant) {
+        self.schedule.clear_error(now);
+        self.last_error = None;
+        self.maybe_start(now);
+    }
+
+    /// A local write happened: sync soon.
+    pub fn handle_activity(&mut self, now: Instant) {
+        self.schedule.activity(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.flight.is_some() && now >= self.last_progress + self.config.step_timeout {
+            let error = SessionError::Timeout(self.config.step_timeout);
+            self.fail(now, error.to_string(), true);
+            self.close = Some(error);
+            return;
+        }
+        self.maybe_start(now);
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (&self.flight, self.phase) {
+            (Some(_), _) => Some(self.last_progress + self.config.step_timeout),
+            (None, Phase::Idle) => self.schedule.next(),
+            _ => None,
+        }
+    }
+
+    pub fn poll_io(&mut self) -> Option<ComputeIo> {
+        self.io.pop_front()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.transmit.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<ComputeEvent> {
+        self.events.pop_front()
+    }
+
+    /// `Some` once the session wants the connection closed (the error says
+    /// why); queued messages should still be sent first.
+    pub fn poll_close(&mut self) -> Option<SessionError> {
+        self.close.take()
+    }
+
+    pub fn status(&self, now: Instant) -> ComputeStatus {
+        let report = self.flight.as_ref().map(|f| &f.report);
+        ComputeStatus {
+            phase: self.phase,
+            connected: self.phase != Phase::Disconnected,
+            epoch: self.epoch,
+            files_done: report.map_or(0, |r| r.files_sent + r.files_received),
+            files_total: self.files_total,
+            bytes_done: report.map_or(0, |r| r.bytes_received),
+            last_sync: self.last_sync.clone(),
+            last_error: self.last_error.clone(),
+            failures_in_a_row: self.schedule.failures(),
+            paused: self.schedule.is_paused(),
+            next_sync_in: self
+                .schedule
+                .next()
+                .filter(|_| self.flight.is_none())
+                .map(|next| next.saturating_duration_since(now)),
+        }
+    }
+
+    pub fn handle_message(&mut self, now: Instant, message: Message) -> Result<(), SessionError> {
+        self.last_progress = now;
+        let result = self.dispatch(now, message);
+        if let Err(error) = &result {
+            // Refusals (a wrong token, say) and protocol errors count as
+            // failed syncs, so a broken setup pauses instead of looping.
+            self.fail(now, error.to_string(), true);
+            self.close = Some(error.clone());
+        }
+        result
+    }
+
+    fn dispatch(&mut self, now: Instant, message: Message) -> Result<(), SessionError> {
+        match message {
+            Message::Welcome { epoch: _, full } if self.phase == Phase::Handshake => {
+                self.full = full;
+                self.phase = Phase::Idle;
+                self.maybe_start(now);
+            }
+            Message::HashRequest { sync, paths } if self.phase == Phase::Planning => {
+                self.check_sync(sync)?;
+                self.phase = Phase::Hashing;
+                self.io.push_back(ComputeIo::Hash { paths });
+            }
+            Message::Plan {
+                sync,
+                ops,
+                want,
+                conflicts,
+            } if self.phase == Phase::Planning => {
+                self.check_sync(sync)?;
+                let flight = self.flight_mut();
+                flight.report.conflicts = conflicts;
+                flight.report.files_sent = want.len() as u64;
+                flight.ops = ops;
+                self.files_total = want.len() as u64;
+                self.phase = Phase::Sending;
+                self.io.push_back(ComputeIo::SendFiles { files: want });
+            }
+            Message::FileData {
+                sync,
+                path,
+                data,
+                last,
+            } if self.phase == Phase::Receiving => {
+                self.check_sync(sync)?;
+                let report = &mut self.flight_mut().report;
+                report.bytes_received += data.len() as u64;
+                report.files_received += u64::from(last);
+                self.io.push_back(ComputeIo::Stage { path, data, last });
+            }
+            // Nothing staged means the `Take` is deferred at apply time.
+            Message::FileSkipped { sync, .. } if self.phase == Phase::Receiving => {
+                self.check_sync(sync)?;
+            }
+            Message::DataDone { sync } if self.phase == Phase::Receiving => {
+                self.check_sync(sync)?;
+            }
+            Message::ProjectApplied { sync, deferred } if self.phase == Phase::Receiving => {
+                self.check_sync(sync)?;
+                let flight = self.flight_mut();
+                // A path the project could not settle (its conflict loser not
+                // preserved, say) keeps its compute state until next time.
+                flight.deferred.extend(deferred);
+                let ops: Vec<ComputeOp> = std::mem::take(&mut flight.ops)
+                    .into_iter()
+                    .filter(|op| !flight.deferred.contains(op.path()))
+                    .collect();
+                flight.report.compute_steps = ops.len() as u64;
+                self.phase = Phase::Applying;
+                self.io.push_back(ComputeIo::Apply { ops });
+            }
+            Message::Commit { sync, epoch } if self.phase == Phase::Committing => {
+                self.check_sync(sync)?;
+                let flight = self.flight_mut();
+                flight.report.epoch = epoch;
+                let paths = flight
+                    .reported
+                    .iter()
+                    .filter(|p| !flight.deferred.contains(*p))
+                    .cloned()
+                    .collect();
+                let mark = flight.mark;
+                self.io.push_back(ComputeIo::Commit { epoch, mark, paths });
+            }
+            Message::IndexSnapshot { .. } | Message::IndexDelta { .. } => {}
+            Message::Error { code, message } => {
+                return Err(SessionError::Refused { code, message });
+            }
+            other => {
+                return Err(SessionError::Unexpected {
+                    got: message_name(&other),
+                    phase: self.phase,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    pub fn handle_changes(&mut self, now: Instant, mark: u64, changes: Vec<Change>) {
+        let Some(flight) = self
+            .flight
+            .as_mut()
+            .filter(|_| self.phase == Phase::Collecting)
+        else {
+            return;
+        };
+        self.last_progress = now;
+        flight.mark = mark;
+        flight.reported = changes.iter().map(|c| c.path.clone()).collect();
+        self.transmit.push_back(Message::Changes {
+            sync: flight.sync,
+            epoch: self.epoch,
+            full: self.full,
+            changes,
+        });
+        self.phase = Phase::Planning;
+    }
+
+    pub fn handle_hashes(&mut self, now: Instant, hashes: Vec<(RelPath, Option<ContentHash>)>) {
+        let Some(flight) = self
+            .flight
+            .as_ref()
+            .filter(|_| self.phase == Phase::Hashing)
+        else {
+            return;
+        };
+        self.last_progress = now;
+        self.transmit.push_back(Message::Hashes {
+            sync: flight.sync,
+            hashes,
+        });
+        self.phase = Phase::Planning;
+    }
+
+    /// The agent shipped the files of `SendFiles`; `skipped` of them could
+    /// not be shipped as planned.
+    pub fn handle_files_sent(&mut self, now: Instant, skipped: Vec<RelPath>) {
+        let Some(flight) = self
+            .flight
+            .as_mut()
+            .filter(|_| self.phase == Phase::Sending)
+        else {
+            return;
+        };
+        self.last_progress = now;
+        flight.report.files_sent -= skipped.len() as u64;
+        flight.deferred.extend(skipped);
+        self.transmit
+            .push_back(Message::DataDone { sync: flight.sync });
+        self.phase = Phase::Receiving;
+    }
+
+    pub fn handle_applied(
+        &mut self,
+        now: Instant,
+        deferred: Vec<RelPath>,
+        upper: Vec<(RelPath, Option<Meta>)>,
+    ) {
+        let Some(flight) = self
+            .flight
+            .as_mut()
+            .filter(|_| self.phase == Phase::Applying)
+        else {
+            return;
+        };
+        self.last_progress = now;
+        flight.deferred.extend(deferred.iter().cloned());
+        self.transmit.push_back(Message::ComputeApplied {
+            sync: flight.sync,
+            deferred,
+            upper,
+        });
+        self.phase = Phase::Committing;
+    }
+
+    pub fn handle_committed(&mut self, now: Instant) {
+        if self.phase != Phase::Committing {
+            return;
+        }
+        let Some(mut flight) = self.flight.take() else {
+            return;
+        };
+        self.epoch = flight.report.epoch;
+        self.full = false;
+        self.transmit.push_back(Message::CommitAck {
+            sync: flight.sync,
+            epoch: self.epoch,
+        });
+        flight.report.sync = flight.sync;
+        flight.report.deferred = flight.deferred.into_iter().collect();
+        let report = flight.report;
+        let moved = report.files_sent + report.files_received + report.compute_steps > 0
+            || !flight.reported.is_empty();
+        self.schedule.succeeded(now, moved);
+        self.last_error = None;
+        self.last_sync = Some(report.clone());
+        self.events.push_back(ComputeEvent::SyncDone(report));
+        self.phase = Phase::Idle;
+        self.files_total = 0;
+    }
+
+    /// A storage operation failed: the sync fails, the connection stays.
+    pub fn handle_io_error(&mut self, now: Instant, error: String) {
+        if self.flight.is_some() {
+            self.fail(now, format!("local storage: {error}"), true);
+            // The project is mid-sync too; closing resets both sides.
+            self.close = Some(SessionError::Unexpected {
+                got: "storage error",
+                phase: self.phase,
+            });
+        }
+    }
+
+    fn maybe_start(&mut self, now: Instant) {
+        if self.phase != Phase::Idle || self.flight.is_some() || !self.schedule.is_due(now) {
+            return;
+        }
+        let sync = self.next_sync;
+        self.next_sync += 1;
+        self.flight = Some(InFlight {
+            sync,
+            ..InFlight::default()
+        });
+        self.last_progress = now;
+        self.phase = Phase::Collecting;
+        self.events.push_back(ComputeEvent::SyncStarted { sync });
+        self.io
+            .push_back(ComputeIo::CollectChanges { full: self.full });
+    }
+
+    /// Ends the sync in flight, if any. `counts` says whether this is a
+    /// failure of the sync itself (backs off, may pause) rather than a lost
+    /// connection (the agent reconnects; syncing resumes by itself).
+    fn fail(&mut self, now: Instant, error: String, counts: bool) {
+        self.flight = None;
+        self.io.clear();
+        if counts {
+            self.schedule.failed(now);
+        }
+        self.last_error = Some(error.clone());
+        self.events.push_back(ComputeEvent::SyncFailed { error });
+        if counts && self.schedule.is_paused() {
+            self.events.push_back(ComputeEvent::Paused);
+        }
+        if self.phase != Phase::Disconnected {
+            self.phase = Phase::Idle;
+        }
+        self.files_total = 0;
+    }
+
+    fn check_sync(&self, sync: u64) -> Result<(), SessionError> {
+        let expected = self.flight.as_ref().map_or(0, |f| f.sync);
+        if sync == expected {
+            Ok(())
+        } else {
+            Err(SessionError::WrongSync {
+                got: sync,
+                expected,
+            })
+        }
+    }
+
+    fn flight_mut(&mut self) -> &mut InFlight {
+        // Every phase past Collecting is entered with a sync in flight, and
+        // dispatch only calls this in those phases.
+        self.flight.as_mut().expect("sync in flight")
+    }
+}
+
+pub(crate) fn message_name(message: &Message) -> &'static str {
+    match message {
+        Message::Hello { .. } => "Hello",
+        Message::Welcome { .. } => "Welcome",
+        Message::Changes { .. } => "Changes",
+        Message::HashRequest { .. } => "HashRequest",
+        Message::Hashes { .. } => "Hashes",
+        Message::Plan { .. } => "Plan",
+        Message::FileData { .. } => "FileData",
+        Message::FileSkipped { .. } => "FileSkipped",
+        Message::DataDone { .. } => "DataDone",
+        Message::ProjectApplied { .. } => "ProjectApplied",
+        Message::ComputeApplied { .. } => "ComputeApplied",
+        Message::Commit { .. } => "Commit",
+        Message::CommitAck { .. } => "CommitAck",
+        Message::IndexSnapshot { .. } => "IndexSnapshot",
+        Message::IndexDelta { .. } => "IndexDelta",
+        Message::Error { .. } => "Error",
+    }
+}

@@ -1,0 +1,732 @@
+//! The project side of the protocol, one per compute connection: it checks
+//! the compute server in, holds that server's base, plans each sync and
+//! records the new base. Sans-IO, driven like [`crate::ComputeSession`].
+//!
+//! ```text
+//! Hello ──► check version, token ──► LoadBase ──► Welcome{full?}
+//! Changes ──► Stat(S + base + ancestors) ──► ListSubtrees? ──► Hash?
+//!         ──► reconcile ──► Plan ──► (compute data) ──► Apply
+//!         ──► SendFiles ──► ProjectApplied ──► (ComputeApplied)
+//!         ──► CommitBase ──► Commit ──► (CommitAck)
+//! ```
+//!
+//! Crash safety: the base is committed with an epoch after both sides
+//! applied. A compute side one epoch behind missed only the acknowledgement
+//! and resumes normally (its journal still holds the paths, which compare
+//! equal to the new base). Any other mismatch, or a missing base, runs a
+//! full reconcile with no base: differing content is a conflict (project
+//! wins, loser kept), a compute whiteout without a base loses to the project
+//! — never a mass delete. A sync interrupted after applying is repaired the
+//! same way by content: both sides now equal is `Same`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::compute_session::message_name;
+use crate::meta::{ContentHash, Kind, Meta};
+use crate::path::RelPath;
+use crate::plan::{reconcile, ComputeOp, Plan, ProjectOp};
+use crate::reconcile::{
+    needs_hashes, needs_project_subtree, BaseEntry, ComputeView, Inputs, PathInput, Reported,
+};
+use crate::wire::{Change, ErrorCode, Message, PROTOCOL_VERSION};
+
+#[derive(Clone, Debug)]
+pub struct ProjectConfig {
+    pub token: Vec<u8>,
+    /// A peer that makes no progress for this long is dropped.
+    pub step_timeout: Duration,
+}
+
+/// Work for the project server's storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProjectIo {
+    /// → [`ProjectSession::handle_base`].
+    LoadBase { compute_id: u64 },
+    /// Stat beneath the home, never following symlinks →
+    /// [`ProjectSession::handle_stats`].
+    Stat { paths: Vec<RelPath> },
+    /// Every descendant of each directory → [`ProjectSession::handle_subtrees`].
+    ListSubtrees { dirs: Vec<RelPath> },
+    /// → [`ProjectSession::handle_hashes`].
+    Hash { paths: Vec<RelPath> },
+    /// Stage content received from the compute side.
+    Stage {
+        path: RelPath,
+        data: Vec<u8>,
+        last: bool,
+    },
+    /// Apply with compare-and-swap, using staged content; steps on `skipped`
+    /// paths and steps whose precondition fails are deferred →
+    /// [`ProjectSession::handle_applied`].
+    Apply {
+        compute_id: u64,
+        sync: u64,
+        ops: Vec<ProjectOp>,
+        skipped: Vec<RelPath>,
+    },
+    /// Stream these files as `FileData`/`FileSkipped` →
+    /// [`ProjectSession::handle_files_sent`].
+    SendFiles { files: Vec<(RelPath, Meta)> },
+    /// Durably store the compute server's base at `epoch`: apply `updates`
+    /// (`None` removes), after dropping everything first when `replace` →
+    /// [`ProjectSession::handle_base_committed`].
+    CommitBase {
+        compute_id: u64,
+        epoch: u64,
+        replace: bool,
+        updates: Vec<(RelPath, Option<BaseEntry>)>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProjectEvent {
+    Connected {
+        compute_id: u64,
+        full: bool,
+    },
+    SyncDone {
+        compute_id: u64,
+        sync: u64,
+        epoch: u64,
+        pushed: u64,
+        pulled: u64,
+        conflicts: Vec<RelPath>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProjectError {
+    #[error("compute server speaks protocol {0}, this server {PROTOCOL_VERSION}")]
+    BadVersion(u16),
+    #[error("wrong token")]
+    BadToken,
+    #[error("unexpected {got} in state {state}")]
+    Unexpected {
+        got: &'static str,
+        state: &'static str,
+    },
+    #[error("compute server sent an inconsistent change set: {0}")]
+    BadChanges(String),
+    #[error("compute server sent data for {0}, which the plan did not ask for")]
+    UnwantedData(RelPath),
+    #[error("compute server sent {what} for sync {got}, expected {expected}")]
+    WrongSync {
+        what: &'static str,
+        got: u64,
+        expected: u64,
+    },
+    #[error("no progress for {0:?}")]
+    Timeout(Duration),
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl ProjectError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ProjectError::BadVersion(_) => ErrorCode::BadVersion,
+            ProjectError::BadToken => ErrorCode::BadToken,
+            ProjectError::Storage(_) => ErrorCode::Internal,
+            ProjectError::Timeout(_) => ErrorCode::Protocol,
+            _ => ErrorCode::Protocol,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitHello,
+    LoadingBase { compute_epoch: u64 },
+    Idle,
+    Stating(Flight),
+    Listing(Flight),
+    Hashing(Flight),
+    Receiving(Flight),
+    Applying(Flight),
+    Sending(Flight),
+    AwaitApplied(Flight),
+    Committing(Flight),
+    AwaitAck(Flight),
+    Closed,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::AwaitHello => "await-hello",
+            State::LoadingBase { .. } => "loading-base",
+            State::Idle => "idle",
+            State::Stating(_) => "stating",
+            State::Listing(_) => "listing",
+            State::Hashing(_) => "hashing",
+            State::Receiving(_) => "receiving",
+            State::Applying(_) => "applying",
+            State::Sending(_) => "sending",
+            State::AwaitApplied(_) => "await-applied",
+            State::Committing(_) => "committing",
+            State::AwaitAck(_) => "await-ack",
+            State::Closed => "closed",
+        }
+    }
+}
+
+/// One sync in flight.
+#[derive(Debug, Default)]
+struct Flight {
+    sync: u64,
+    changes: BTreeMap<RelPath, Change>,
+    project: BTreeMap<RelPath, Option<Meta>>,
+    inputs: Inputs,
+    /// Hash answers still missing: from the compute side, from storage.
+    awaiting_compute_hashes: bool,
+    awaiting_local_hashes: bool,
+    plan: Plan,
+    want: BTreeSet<RelPath>,
+    skipped: BTreeSet<RelPath>,
+    deferred: BTreeSet<RelPath>,
+    project_after: BTreeMap<RelPath, Option<Meta>>,
+    epoch: u64,
+}
+
+pub struct ProjectSession {
+    config: ProjectConfig,
+    state: State,
+    compute_id: u64,
+    epoch: u64,
+    full: bool,
+    base: BTreeMap<RelPath, BaseEntry>,
+    last_sync: u64,
+    last_progress: Instant,
+    io: VecDeque<ProjectIo>,
+    transmit: VecDeque<Message>,
+    events: VecDeque<ProjectEvent>,
+    close: Option<ProjectError>,
+}
+
+impl ProjectSession {
+    pub fn new(config: ProjectConfig, now: Instant) -> ProjectSession {
+        ProjectSession {
+            config,
+            state: State::AwaitHello,
+            compute_id: 0,
+            epoch: 0,
+            full: false,
+            base: BTreeMap::new(),
+            last_sync: 0,
+            last_progress: now,
+            io: VecDeque::new(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            close: None,
+        }
+    }
+
+    /// The compute server on the other end, once it said hello.
+    pub fn compute_id(&self) -> Option<u64> {
+        (!matches!(self.state, State::AwaitHello)).then_some(self.compute_id)
+    }
+
+    pub fn poll_io(&mut self) -> Option<ProjectIo> {
+        self.io.pop_front()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.transmit.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<ProjectEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_close(&mut self) -> Option<ProjectError> {
+        self.close.take()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Idle | State::Closed => None,
+            _ => Some(self.last_progress + self.config.step_timeout),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.poll_timeout().is_some_and(|t| now >= t) {
+            self.abort(ProjectError::Timeout(self.config.step_timeout));
+        }
+    }
+
+    pub fn handle_message(&mut self, now: Instant, message: Message) -> Result<(), ProjectError> {
+        self.last_progress = now;
+        let result = self.dispatch(message);
+        if let Err(error) = &result {
+            self.abort(error.clone());
+        }
+        result
+    }
+
+    /// A storage operation failed: tell the peer and close.
+    pub fn handle_io_error(&mut self, error: String) {
+        self.abort(ProjectError::Storage(error));
+    }
+
+    fn abort(&mut self, error: ProjectError) {
+        self.io.clear();
+        self.transmit.push_back(Message::Error {
+            code: error.code(),
+            message: error.to_string(),
+        });
+        self.state = State::Closed;
+        self.close = Some(error);
+    }
+
+    fn dispatch(&mut self, message: Message) -> Result<(), ProjectError> {
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        self.state = match (state, message) {
+            (
+                State::AwaitHello,
+                Message::Hello {
+                    version,
+                    compute_id,
+                    token,
+                    epoch,
+                },
+            ) => {
+                if version != PROTOCOL_VERSION {
+                    return Err(ProjectError::BadVersion(version));
+                }
+                if !constant_time_eq(&token, &self.config.token) {
+                    return Err(ProjectError::BadToken);
+                }
+                self.compute_id = compute_id;
+                self.io.push_back(ProjectIo::LoadBase { compute_id });
+                State::LoadingBase {
+                    compute_epoch: epoch,
+                }
+            }
+            (
+                State::Idle,
+                Message::Changes {
+                    sync,
+                    epoch: _,
+                    full,
+                    changes,
+                },
+            ) => {
+                if sync <= self.last_sync {
+                    return Err(ProjectError::WrongSync {
+                        what: "Changes",
+                        got: sync,
+                        expected: self.last_sync + 1,
+                    });
+                }
+                if full != self.full {
+                    return Err(ProjectError::BadChanges(
+                        "full reconcile flag disagrees with Welcome".into(),
+                    ));
+                }
+                self.last_sync = sync;
+                let mut flight = Flight {
+                    sync,
+                    ..Flight::default()
+                };
+                for change in changes {
+                    if change.path.is_reserved() {
+                        return Err(ProjectError::BadChanges(format!(
+                            "{} is reserved",
+                            change.path
+                        )));
+                    }
+                    flight.changes.insert(change.path.clone(), change);
+                }
+                let mut paths: BTreeSet<RelPath> = flight.changes.keys().cloned().collect();
+                paths.extend(self.base.keys().cloned());
+                let ancestors: Vec<RelPath> = paths.iter().flat_map(|p| p.ancestors()).collect();
+                paths.extend(ancestors);
+                self.io.push_back(ProjectIo::Stat {
+                    paths: paths.into_iter().collect(),
+                });
+                State::Stating(flight)
+            }
+            (State::Hashing(mut flight), Message::Hashes { sync, hashes })
+                if flight.awaiting_compute_hashes =>
+            {
+                check_sync("Hashes", sync, flight.sync)?;
+                for (path, hash) in hashes {
+                    if let Some(PathInput {
+                        compute: Some(Reported::Present(meta)),
+                        ..
+                    }) = flight.inputs.get_mut(&path)
+                    {
+                        meta.hash = hash;
+                    }
+                }
+                flight.awaiting_compute_hashes = false;
+                self.plan_when_hashed(flight)?
+            }
+            (
+                State::Receiving(flight),
+                Message::FileData {
+                    sync,
+                    path,
+                    data,
+                    last,
+                },
+            ) => {
+                check_sync("FileData", sync, flight.sync)?;
+                if !flight.want.contains(&path) {
+                    return Err(ProjectError::UnwantedData(path));
+                }
+                self.io.push_back(ProjectIo::Stage { path, data, last });
+                State::Receiving(flight)
+            }
+            (State::Receiving(mut flight), Message::FileSkipped { sync, path }) => {
+                check_sync("FileSkipped", sync, flight.sync)?;
+                flight.skipped.insert(path);
+                State::Receiving(flight)
+            }
+            (State::Receiving(flight), Message::DataDone { sync }) => {
+                check_sync("DataDone", sync, flight.sync)?;
+                self.io.push_back(ProjectIo::Apply {
+                    compute_id: self.compute_id,
+                    sync,
+                    ops: flight.plan.project_ops.clone(),
+                    skipped: flight.skipped.iter().cloned().collect(),
+                });
+                State::Applying(flight)
+            }
+            (
+                State::AwaitApplied(flight),
+                Message::ComputeApplied {
+                    sync,
+                    deferred,
+                    upper,
+                },
+            ) => {
+                check_sync("ComputeApplied", sync, flight.sync)?;
+                self.commit(flight, deferred, upper)
+            }
+            (State::AwaitAck(flight), Message::CommitAck { sync, epoch }) => {
+                check_sync("CommitAck", sync, flight.sync)?;
+                let pushed = flight.plan.project_ops.len() as u64;
+                let pulled = flight.plan.compute_ops.len() as u64;
+                self.events.push_back(ProjectEvent::SyncDone {
+                    compute_id: self.compute_id,
+                    sync,
+                    epoch,
+                    pushed,
+                    pulled,
+                    conflicts: flight.plan.conflicts().map(|(p, _)| p.clone()).collect(),
+                });
+                State::Idle
+            }
+            (state, Message::Error { code, message }) => {
+                // The compute side gives up; nothing to answer.
+                let _ = (state, code, message);
+                self.io.clear();
+                self.close = Some(ProjectError::Unexpected {
+                    got: "Error",
+                    state: "any",
+                });
+                State::Closed
+            }
+            (state, other) => {
+                return Err(ProjectError::Unexpected {
+                    got: message_name(&other),
+                    state: state.name(),
+                })
+            }
+        };
+        Ok(())
+    }
+
+    pub fn handle_base(&mut self, now: Instant, epoch: u64, base: BTreeMap<RelPath, BaseEntry>) {
+        let State::LoadingBase { compute_epoch } = self.state else {
+            return;
+        };
+        self.last_progress = now;
+        let agree = compute_epoch == epoch || (epoch > 0 && compute_epoch + 1 == epoch);
+        self.full = !agree || epoch == 0;
+        self.epoch = epoch.max(compute_epoch);
+        self.base = if self.full { BTreeMap::new() } else { base };
+        self.transmit.push_back(Message::Welcome {
+            epoch: self.epoch,
+            full: self.full,
+        });
+        self.events.push_back(ProjectEvent::Connected {
+            compute_id: self.compute_id,
+            full: self.full,
+        });
+        self.state = State::Idle;
+    }
+
+    pub fn handle_stats(&mut self, now: Instant, stats: Vec<(RelPath, Option<Meta>)>) {
+        let State::Stating(mut flight) = std::mem::replace(&mut self.state, State::Closed) else {
+            return self.wrong_io("stats");
+        };
+        self.last_progress = now;
+        flight.project.extend(stats);
+        let dirs: Vec<RelPath> = flight
+            .project
+            .iter()
+            .filter(|(path, project)| {
+                let compute = self.compute_report(&flight, path);
+                needs_project_subtree(compute.as_ref(), project.as_ref())
+            })
+            .map(|(path, _)| path.clone())
+            .collect();
+        if dirs.is_empty() {
+            self.state = self.build_inputs(flight);
+        } else {
+            self.io.push_back(ProjectIo::ListSubtrees { dirs });
+            self.state = State::Listing(flight);
+        }
+    }
+
+    pub fn handle_subtrees(&mut self, now: Instant, entries: Vec<(RelPath, Meta)>) {
+        let State::Listing(mut flight) = std::mem::replace(&mut self.state, State::Closed) else {
+            return self.wrong_io("subtrees");
+        };
+        self.last_progress = now;
+        for (path, meta) in entries {
+            flight.project.insert(path, Some(meta));
+        }
+        self.state = self.build_inputs(flight);
+    }
+
+    pub fn handle_hashes(&mut self, now: Instant, hashes: Vec<(RelPath, Option<ContentHash>)>) {
+        let State::Hashing(mut flight) = std::mem::replace(&mut self.state, State::Closed) else {
+            return self.wrong_io("hashes");
+        };
+        self.last_progress = now;
+        for (path, hash) in hashes {
+            if let Some(PathInput {
+                project: Some(meta),
+                ..
+            }) = flight.inputs.get_mut(&path)
+            {
+                meta.hash = hash;
+            }
+        }
+        flight.awaiting_local_hashes = false;
+        match self.plan_when_hashed(flight) {
+            Ok(state) => self.state = state,
+            Err(error) => self.abort(error),
+        }
+    }
+
+    pub fn handle_applied(
+        &mut self,
+        now: Instant,
+        deferred: Vec<RelPath>,
+        after: Vec<(RelPath, Option<Meta>)>,
+    ) {
+        let State::Applying(mut flight) = std::mem::replace(&mut self.state, State::Closed) else {
+            return self.wrong_io("applied");
+        };
+        self.last_progress = now;
+        flight.deferred.extend(deferred);
+        flight.deferred.extend(flight.skipped.iter().cloned());
+        flight.project_after.extend(after);
+        let files: Vec<(RelPath, Meta)> = flight
+            .plan
+            .compute_ops
+            .iter()
+            .filter_map(|op| match op {
+                ComputeOp::Take { path, meta, .. }
+                    if meta.kind == Kind::File && !flight.deferred.contains(path) =>
+                {
+                    Some((path.clone(), meta.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        self.io.push_back(ProjectIo::SendFiles { files });
+        self.state = State::Sending(flight);
+    }
+
+    pub fn handle_files_sent(&mut self, now: Instant, skipped: Vec<RelPath>) {
+        let State::Sending(mut flight) = std::mem::replace(&mut self.state, State::Closed) else {
+            return self.wrong_io("files sent");
+        };
+        self.last_progress = now;
+        flight.deferred.extend(skipped);
+        self.transmit
+            .push_back(Message::DataDone { sync: flight.sync });
+        self.transmit.push_back(Message::ProjectApplied {
+            sync: flight.sync,
+            deferred: flight.deferred.iter().cloned().collect(),
+        });
+        self.state = State::AwaitApplied(flight);
+    }
+
+    pub fn handle_base_committed(&mut self, now: Instant) {
+        let State::Committing(flight) = std::mem::replace(&mut self.state, State::Closed) else {
+            return self.wrong_io("base committed");
+        };
+        self.last_progress = now;
+        self.epoch = flight.epoch;
+        self.full = false;
+        self.transmit.push_back(Message::Commit {
+            sync: flight.sync,
+            epoch: flight.epoch,
+        });
+        self.state = State::AwaitAck(flight);
+    }
+
+    fn wrong_io(&mut self, what: &'static str) {
+        // An IO result for a state we are not in is the agent's bug.
+        self.abort(ProjectError::Unexpected {
+            got: what,
+            state: "io",
+        });
+    }
+
+    /// What the compute side holds at `path`: its report, or else its
+    /// unchanged upper copy from the base.
+    fn compute_report(&self, flight: &Flight, path: &RelPath) -> Option<Reported> {
+        match flight.changes.get(path) {
+            Some(change) => Some(change.state.clone()),
+            None => self
+                .base
+                .get(path)
+                .map(|b| Reported::Present(b.compute.clone())),
+        }
+    }
+
+    fn build_inputs(&mut self, mut flight: Flight) -> State {
+        let inputs: Inputs = flight
+            .project
+            .iter()
+            .map(|(path, project)| {
+                let input = PathInput {
+                    base: self.base.get(path).cloned(),
+                    seen: flight.changes.get(path).and_then(|c| c.seen.clone()),
+                    compute: self.compute_report(&flight, path),
+                    project: project.clone(),
+                };
+                (path.clone(), input)
+            })
+            .collect();
+        let hash_paths: Vec<RelPath> = inputs
+            .iter()
+            .filter(|(_, input)| needs_hashes(input))
+            .map(|(path, _)| path.clone())
+            .collect();
+        flight.inputs = inputs;
+        if hash_paths.is_empty() {
+            return match self.plan(flight) {
+                Ok(state) => state,
+                Err(error) => {
+                    self.abort(error);
+                    State::Closed
+                }
+            };
+        }
+        flight.awaiting_compute_hashes = true;
+        flight.awaiting_local_hashes = true;
+        self.transmit.push_back(Message::HashRequest {
+            sync: flight.sync,
+            paths: hash_paths.clone(),
+        });
+        self.io.push_back(ProjectIo::Hash { paths: hash_paths });
+        State::Hashing(flight)
+    }
+
+    fn plan_when_hashed(&mut self, flight: Flight) -> Result<State, ProjectError> {
+        if flight.awaiting_compute_hashes || flight.awaiting_local_hashes {
+            return Ok(State::Hashing(flight));
+        }
+        self.plan(flight)
+    }
+
+    fn plan(&mut self, mut flight: Flight) -> Result<State, ProjectError> {
+        let plan =
+            reconcile(&flight.inputs).map_err(|e| ProjectError::BadChanges(e.to_string()))?;
+        let want: Vec<(RelPath, Meta)> = plan
+            .project_ops
+            .iter()
+            .filter_map(|op| match op {
+                ProjectOp::Create { path, meta } | ProjectOp::Write { path, meta, .. } => {
+                    Some((path, meta))
+                }
+                ProjectOp::PreserveConflict { path, compute } => Some((path, compute)),
+                _ => None,
+            })
+            .filter(|(_, meta)| meta.kind == Kind::File)
+            .map(|(p, m)| (p.clone(), m.clone()))
+            .collect();
+        flight.want = want.iter().map(|(p, _)| p.clone()).collect();
+        self.transmit.push_back(Message::Plan {
+            sync: flight.sync,
+            ops: plan.compute_ops.clone(),
+            want,
+            conflicts: plan.conflicts().map(|(p, _)| p.clone()).collect(),
+        });
+        flight.plan = plan;
+        Ok(State::Receiving(flight))
+    }
+
+    fn commit(
+        &mut self,
+        mut flight: Flight,
+        compute_deferred: Vec<RelPath>,
+        upper: Vec<(RelPath, Option<Meta>)>,
+    ) -> State {
+        flight.deferred.extend(compute_deferred);
+        let upper: BTreeMap<RelPath, Option<Meta>> = upper.into_iter().collect();
+        let mut updates = Vec::new();
+        for (path, resolution) in &flight.plan.resolutions {
+            if flight.deferred.contains(path) {
+                continue; // the old base stays: the path is decided again next time
+            }
+            let input = &flight.inputs[path];
+            let compute_after = match upper.get(path) {
+                Some(after) => after.clone(),
+                None => match (resolution.view, &input.compute) {
+                    (ComputeView::Upper, Some(Reported::Present(meta))) => Some(meta.clone()),
+                    _ => None,
+                },
+            };
+            let project_after = match flight.project_after.get(path) {
+                Some(after) => after.clone(),
+                None => input.project.clone(),
+            };
+            let entry = BaseEntry::after_sync(compute_after, project_after);
+            if entry.as_ref() != self.base.get(path) {
+                updates.push((path.clone(), entry));
+            }
+        }
+        flight.epoch = self.epoch + 1;
+        for (path, entry) in &updates {
+            match entry {
+                Some(entry) => self.base.insert(path.clone(), entry.clone()),
+                None => self.base.remove(path),
+            };
+        }
+        self.io.push_back(ProjectIo::CommitBase {
+            compute_id: self.compute_id,
+            epoch: flight.epoch,
+            replace: self.full,
+            updates,
+        });
+        State::Committing(flight)
+    }
+}
+
+fn check_sync(what: &'static str, got: u64, expected: u64) -> Result<(), ProjectError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(ProjectError::WrongSync {
+            what,
+            got,
+            expected,
+        })
+    }
+}
+
+/// Token comparison whose time does not depend on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
