@@ -16,10 +16,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 
-use crate::meta::{ContentHash, Meta, Sameness};
+use crate::meta::{ContentHash, Kind, Meta, Sameness};
 use crate::path::RelPath;
 use crate::plan::{reconcile, ComputeOp, Plan, ProjectOp};
 use crate::reconcile::{needs_project_subtree, BaseEntry, Decision, Inputs, PathInput, Reported};
+use crate::wire::Change;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Content {
@@ -109,101 +110,49 @@ trait Fs {
     fn tick(&mut self) -> i64;
 }
 
-/// Both sides, the base, the compute journal and the conflicts area.
+/// A tree of nodes by path.
+pub type Tree = BTreeMap<RelPath, Node>;
+
+/// Content received for a later step, by path.
+pub type Staged = BTreeMap<RelPath, Vec<u8>>;
+
+/// The project home: a plain tree, its clock and its conflicts area.
 #[derive(Clone, Debug)]
-pub struct World {
-    pub project: BTreeMap<RelPath, Node>,
-    pub upper: BTreeMap<RelPath, Node>,
-    pub whiteouts: BTreeSet<RelPath>,
-    pub base: BTreeMap<RelPath, BaseEntry>,
-    /// Compute side: paths changed since the last sync with no base, and the
-    /// lower metadata seen just before the first change.
-    pub journal: BTreeMap<RelPath, Option<Meta>>,
-    /// Preserved compute-side losers: (path, node).
-    pub conflicts: Vec<(RelPath, Node)>,
-    /// Whether metadata carries content hashes.
+pub struct ProjectHome {
+    pub tree: Tree,
+    /// Preserved compute-side losers: (compute id, path, node).
+    pub conflicts: Vec<(u64, RelPath, Node)>,
     pub hashes: bool,
-    project_clock: i64,
-    compute_clock: i64,
+    clock: i64,
 }
 
-/// Everything a sync saw and did, for the invariant checks.
+/// One compute server's union: an upper tree and whiteouts over the
+/// project's tree as its lower, and the journal of changes since the last
+/// commit.
 #[derive(Clone, Debug)]
-pub struct SyncRecord {
-    pub inputs: Inputs,
-    pub plan: Plan,
-    pub project_before: BTreeMap<RelPath, Node>,
-    /// Compute-side files and symlinks written since the last sync.
-    pub compute_writes: Vec<(RelPath, Node)>,
+pub struct ComputeUnion {
+    pub upper: Tree,
+    pub whiteouts: BTreeSet<RelPath>,
+    pub journal: BTreeMap<RelPath, JournalEntry>,
+    pub hashes: bool,
+    clock: i64,
+    seq: u64,
 }
 
-struct ProjectFs<'a>(&'a mut World);
-struct ComputeFs<'a>(&'a mut World);
-
-impl Fs for ProjectFs<'_> {
-    fn get(&self, path: &RelPath) -> Option<Node> {
-        self.0.project.get(path).cloned()
-    }
-    fn put(&mut self, path: &RelPath, mut node: Node) {
-        node.ctime = self.tick();
-        self.0.project.insert(path.clone(), node);
-    }
-    fn remove(&mut self, path: &RelPath) {
-        self.0.project.remove(path);
-    }
-    fn descendants(&self, path: &RelPath) -> Vec<RelPath> {
-        descendants_in(&self.0.project, path)
-    }
-    fn tick(&mut self) -> i64 {
-        self.0.project_tick()
-    }
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// What the lower showed before the first change (no base then).
+    pub seen: Option<Meta>,
+    /// Bumped on every change, so a commit keeps entries changed since.
+    pub seq: u64,
 }
 
-impl Fs for ComputeFs<'_> {
-    fn get(&self, path: &RelPath) -> Option<Node> {
-        self.0.union_get(path).map(|(node, _)| node)
-    }
-    fn put(&mut self, path: &RelPath, mut node: Node) {
-        node.ctime = self.tick();
-        let w = &mut *self.0;
-        // Copy-up: the upper holds every ancestor of what it holds.
-        let mut ancestors: Vec<RelPath> = path.ancestors().collect();
-        ancestors.reverse();
-        for a in ancestors {
-            if !w.upper.contains_key(&a) {
-                if let Some((mut dir, _)) = w.union_get(&a) {
-                    w.note(&a);
-                    dir.ctime = node.ctime;
-                    w.upper.insert(a, dir);
-                }
-            }
-        }
-        w.note(path);
-        w.whiteouts.remove(path);
-        w.upper.insert(path.clone(), node);
-    }
-    fn remove(&mut self, path: &RelPath) {
-        let w = &mut *self.0;
-        w.note(path);
-        w.upper.remove(path);
-        if w.union_get(path).is_some() {
-            w.whiteouts.insert(path.clone());
-        }
-    }
-    fn descendants(&self, path: &RelPath) -> Vec<RelPath> {
-        let w = &*self.0;
-        let candidates = descendants_in(&w.upper, path)
-            .into_iter()
-            .chain(descendants_in(&w.project, path));
-        let visible: BTreeSet<RelPath> = candidates.filter(|p| w.union_get(p).is_some()).collect();
-        visible.into_iter().collect()
-    }
-    fn tick(&mut self) -> i64 {
-        self.0.compute_tick()
-    }
-}
+/// Why a step did not apply: its precondition no longer held. The path is
+/// left as it is and decided again at the next sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deferred(pub String);
 
-fn descendants_in(tree: &BTreeMap<RelPath, Node>, path: &RelPath) -> Vec<RelPath> {
+fn descendants_in(tree: &Tree, path: &RelPath) -> Vec<RelPath> {
     tree.range(path.clone()..)
         .skip_while(|(p, _)| *p == path)
         .take_while(|(p, _)| path.is_ancestor_of(p))
@@ -211,6 +160,394 @@ fn descendants_in(tree: &BTreeMap<RelPath, Node>, path: &RelPath) -> Vec<RelPath
         .collect()
 }
 
+/// A node for `meta`, with file content from `staged`; `None` when the
+/// content is missing or does not match.
+fn node_from(meta: &Meta, path: &RelPath, staged: &Staged, ctime: i64) -> Option<Node> {
+    let content = match &meta.kind {
+        Kind::File => {
+            let data = staged.get(path)?;
+            if data.len() as u64 != meta.size || meta.hash.is_some_and(|h| h != hash_of(data)) {
+                return None;
+            }
+            Content::File(data.clone())
+        }
+        Kind::Dir => Content::Dir,
+        Kind::Symlink { target } => Content::Symlink(target.clone()),
+    };
+    Some(Node {
+        content,
+        mode: meta.perm(),
+        mtime: meta.mtime_ns,
+        ctime,
+    })
+}
+
+fn expect_node(
+    tree: &Tree,
+    path: &RelPath,
+    expect: Option<&Meta>,
+    hashes: bool,
+) -> Result<(), Deferred> {
+    let now = tree.get(path).map(|n| n.meta(hashes));
+    if now.as_ref() == expect {
+        Ok(())
+    } else {
+        Err(Deferred(format!(
+            "{path}: plan saw {expect:?}, now {now:?}"
+        )))
+    }
+}
+
+fn read_matching(tree: &Tree, path: &RelPath, expect: &Meta, hashes: bool) -> Option<Vec<u8>> {
+    match tree.get(path) {
+        Some(Node {
+            content: Content::File(data),
+            ..
+        }) if tree[path].meta(hashes) == *expect => Some(data.clone()),
+        _ => None,
+    }
+}
+
+impl ProjectHome {
+    pub fn new(hashes: bool) -> ProjectHome {
+        ProjectHome {
+            tree: Tree::new(),
+            conflicts: Vec::new(),
+            hashes,
+            clock: 1000,
+        }
+    }
+
+    fn tick(&mut self) -> i64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    pub fn mutate(&mut self, mutation: &Mutation) {
+        mutate(&mut ProjectFs(self), mutation);
+    }
+
+    pub fn meta(&self, path: &RelPath) -> Option<Meta> {
+        self.tree.get(path).map(|n| n.meta(self.hashes))
+    }
+
+    /// Every descendant of `dir` with its metadata.
+    pub fn subtree(&self, dir: &RelPath) -> Vec<(RelPath, Meta)> {
+        descendants_in(&self.tree, dir)
+            .into_iter()
+            .map(|p| {
+                let meta = self.tree[&p].meta(self.hashes);
+                (p, meta)
+            })
+            .collect()
+    }
+
+    /// A file's content if it still matches what the plan saw.
+    pub fn read(&self, path: &RelPath, expect: &Meta) -> Option<Vec<u8>> {
+        read_matching(&self.tree, path, expect, self.hashes)
+    }
+
+    pub fn hash(&self, path: &RelPath) -> Option<ContentHash> {
+        self.meta(path).and_then(|m| {
+            m.hash.or(match &self.tree[path].content {
+                Content::File(data) => Some(hash_of(data)),
+                _ => None,
+            })
+        })
+    }
+
+    /// Applies one step with compare-and-swap; returns the path's metadata
+    /// afterwards.
+    pub fn apply(
+        &mut self,
+        compute_id: u64,
+        op: &ProjectOp,
+        staged: &Staged,
+    ) -> Result<Option<Meta>, Deferred> {
+        let missing = |path: &RelPath| Deferred(format!("{path}: content not received"));
+        match op {
+            ProjectOp::PreserveConflict { path, compute } => {
+                let node = node_from(compute, path, staged, 0).ok_or_else(|| missing(path))?;
+                self.conflicts.push((compute_id, path.clone(), node));
+                return Ok(self.meta(path));
+            }
+            ProjectOp::Remove { path, expect } => {
+                expect_node(&self.tree, path, Some(expect), self.hashes)?;
+                if !descendants_in(&self.tree, path).is_empty() {
+                    return Err(Deferred(format!("{path}: directory not empty")));
+                }
+                self.tree.remove(path);
+            }
+            ProjectOp::Create { path, meta } => {
+                expect_node(&self.tree, path, None, self.hashes)?;
+                if let Some(parent) = path.parent() {
+                    if !self.tree.get(&parent).is_some_and(Node::is_dir) {
+                        return Err(Deferred(format!("{path}: parent is not a directory")));
+                    }
+                }
+                let ctime = self.tick();
+                let node = node_from(meta, path, staged, ctime).ok_or_else(|| missing(path))?;
+                self.tree.insert(path.clone(), node);
+            }
+            ProjectOp::Write { path, meta, expect } => {
+                expect_node(&self.tree, path, Some(expect), self.hashes)?;
+                let ctime = self.tick();
+                let node = node_from(meta, path, staged, ctime).ok_or_else(|| missing(path))?;
+                self.tree.insert(path.clone(), node);
+            }
+            ProjectOp::SetMode { path, mode, expect } => {
+                expect_node(&self.tree, path, Some(expect), self.hashes)?;
+                let ctime = self.tick();
+                if let Some(node) = self.tree.get_mut(path) {
+                    node.mode = *mode;
+                    node.ctime = ctime;
+                }
+            }
+        }
+        Ok(self.meta(op.path()))
+    }
+}
+
+impl ComputeUnion {
+    pub fn new(hashes: bool) -> ComputeUnion {
+        ComputeUnion {
+            upper: Tree::new(),
+            whiteouts: BTreeSet::new(),
+            journal: BTreeMap::new(),
+            hashes,
+            clock: 1000,
+            seq: 0,
+        }
+    }
+
+    fn tick(&mut self) -> i64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    pub fn mutate(&mut self, lower: &Tree, mutation: &Mutation) {
+        mutate(&mut ComputeFs { union: self, lower }, mutation);
+    }
+
+    /// The union view of `path`, and whether it comes from the upper.
+    pub fn get(&self, lower: &Tree, path: &RelPath) -> Option<(Node, bool)> {
+        let mut prefixes: Vec<RelPath> = path.ancestors().collect();
+        prefixes.reverse();
+        prefixes.push(path.clone());
+        let mut found: Option<(Node, bool)> = None;
+        for prefix in prefixes {
+            if found.as_ref().is_some_and(|(node, _)| !node.is_dir()) {
+                return None;
+            }
+            if self.whiteouts.contains(&prefix) {
+                return None;
+            }
+            found = match (self.upper.get(&prefix), lower.get(&prefix)) {
+                (Some(node), _) => Some((node.clone(), true)),
+                (None, Some(node)) => Some((node.clone(), false)),
+                (None, None) => return None,
+            };
+        }
+        found
+    }
+
+    /// Every path the union shows.
+    pub fn view(&self, lower: &Tree) -> Tree {
+        self.upper
+            .keys()
+            .chain(lower.keys())
+            .filter_map(|p| self.get(lower, p).map(|(n, _)| (p.clone(), n)))
+            .collect()
+    }
+
+    /// Journals a change of `path`; the first one since the last commit
+    /// records what the lower showed.
+    fn note(&mut self, lower: &Tree, path: &RelPath) {
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(entry) = self.journal.get_mut(path) {
+            entry.seq = seq;
+            return;
+        }
+        let seen = match self.get(lower, path) {
+            Some((node, false)) => Some(node.meta(self.hashes)),
+            _ => None,
+        };
+        self.journal
+            .insert(path.clone(), JournalEntry { seen, seq });
+    }
+
+    /// The upper's state of `path`: an entry, a whiteout, or nothing.
+    pub fn reported(&self, path: &RelPath) -> Option<Reported> {
+        if let Some(node) = self.upper.get(path) {
+            Some(Reported::Present(node.meta(self.hashes)))
+        } else if self.whiteouts.contains(path) {
+            Some(Reported::Deleted)
+        } else {
+            None
+        }
+    }
+
+    /// What the compute side sends: journaled paths (or, `full`, every
+    /// upper entry and whiteout), and the journal mark for the commit. A
+    /// journaled path with neither entry nor whiteout (created and removed
+    /// again) is reported deleted.
+    pub fn changes(&self, full: bool) -> (u64, Vec<Change>) {
+        let paths: BTreeSet<&RelPath> = if full {
+            self.upper
+                .keys()
+                .chain(&self.whiteouts)
+                .chain(self.journal.keys())
+                .collect()
+        } else {
+            self.journal.keys().collect()
+        };
+        let changes = paths
+            .into_iter()
+            .map(|path| Change {
+                path: path.clone(),
+                state: self.reported(path).unwrap_or(Reported::Deleted),
+                seen: self.journal.get(path).and_then(|e| e.seen.clone()),
+            })
+            .collect();
+        (self.seq, changes)
+    }
+
+    /// Drops committed paths from the journal unless changed after `mark`.
+    pub fn commit(&mut self, mark: u64, paths: &[RelPath]) {
+        for path in paths {
+            if self.journal.get(path).is_some_and(|e| e.seq <= mark) {
+                self.journal.remove(path);
+            }
+        }
+    }
+
+    /// An upper file's content if it still matches what the plan saw.
+    pub fn read(&self, path: &RelPath, expect: &Meta) -> Option<Vec<u8>> {
+        read_matching(&self.upper, path, expect, self.hashes)
+    }
+
+    pub fn hash(&self, path: &RelPath) -> Option<ContentHash> {
+        match &self.upper.get(path)?.content {
+            Content::File(data) => Some(hash_of(data)),
+            _ => None,
+        }
+    }
+
+    /// Applies one step with compare-and-swap; returns the upper's state of
+    /// the path afterwards.
+    pub fn apply(
+        &mut self,
+        lower: &Tree,
+        op: &ComputeOp,
+        staged: &Staged,
+    ) -> Result<Option<Meta>, Deferred> {
+        match op {
+            ComputeOp::Remove { path, expect } => {
+                expect_node(&self.upper, path, Some(expect), self.hashes)?;
+                if !descendants_in(&self.upper, path).is_empty() {
+                    return Err(Deferred(format!("{path}: upper directory not empty")));
+                }
+                self.upper.remove(path);
+            }
+            ComputeOp::DropWhiteout { path } => {
+                self.whiteouts.remove(path);
+            }
+            ComputeOp::Take { path, meta, expect } => {
+                expect_node(&self.upper, path, expect.as_ref(), self.hashes)?;
+                let ctime = self.tick();
+                let node = node_from(meta, path, staged, ctime)
+                    .ok_or_else(|| Deferred(format!("{path}: content not received")))?;
+                // The path becomes visible: its ancestors are visible
+                // directories by now (parents first); the upper holds them.
+                let mut ancestors: Vec<RelPath> = path.ancestors().collect();
+                ancestors.reverse();
+                for a in ancestors {
+                    match self.get(lower, &a) {
+                        Some((dir, _)) if dir.is_dir() => {
+                            self.upper.entry(a).or_insert(dir);
+                        }
+                        _ => return Err(Deferred(format!("{path}: ancestor {a} not visible"))),
+                    }
+                }
+                self.whiteouts.remove(path);
+                self.upper.insert(path.clone(), node);
+            }
+        }
+        Ok(self.upper.get(op.path()).map(|n| n.meta(self.hashes)))
+    }
+}
+
+struct ProjectFs<'a>(&'a mut ProjectHome);
+
+struct ComputeFs<'a> {
+    union: &'a mut ComputeUnion,
+    lower: &'a Tree,
+}
+
+impl Fs for ProjectFs<'_> {
+    fn get(&self, path: &RelPath) -> Option<Node> {
+        self.0.tree.get(path).cloned()
+    }
+    fn put(&mut self, path: &RelPath, mut node: Node) {
+        node.ctime = self.tick();
+        self.0.tree.insert(path.clone(), node);
+    }
+    fn remove(&mut self, path: &RelPath) {
+        self.0.tree.remove(path);
+    }
+    fn descendants(&self, path: &RelPath) -> Vec<RelPath> {
+        descendants_in(&self.0.tree, path)
+    }
+    fn tick(&mut self) -> i64 {
+        self.0.tick()
+    }
+}
+
+impl Fs for ComputeFs<'_> {
+    fn get(&self, path: &RelPath) -> Option<Node> {
+        self.union.get(self.lower, path).map(|(node, _)| node)
+    }
+    fn put(&mut self, path: &RelPath, mut node: Node) {
+        node.ctime = self.tick();
+        let (u, lower) = (&mut *self.union, self.lower);
+        // Copy-up: the upper holds every ancestor of what it holds.
+        let mut ancestors: Vec<RelPath> = path.ancestors().collect();
+        ancestors.reverse();
+        for a in ancestors {
+            if !u.upper.contains_key(&a) {
+                if let Some((mut dir, _)) = u.get(lower, &a) {
+                    u.note(lower, &a);
+                    dir.ctime = node.ctime;
+                    u.upper.insert(a, dir);
+                }
+            }
+        }
+        u.note(lower, path);
+        u.whiteouts.remove(path);
+        u.upper.insert(path.clone(), node);
+    }
+    fn remove(&mut self, path: &RelPath) {
+        let (u, lower) = (&mut *self.union, self.lower);
+        u.note(lower, path);
+        u.upper.remove(path);
+        if u.get(lower, path).is_some() {
+            u.whiteouts.insert(path.clone());
+        }
+    }
+    fn descendants(&self, path: &RelPath) -> Vec<RelPath> {
+        let candidates = descendants_in(&self.union.upper, path)
+            .into_iter()
+            .chain(descendants_in(self.lower, path));
+        let visible: BTreeSet<RelPath> = candidates
+            .filter(|p| self.union.get(self.lower, p).is_some())
+            .collect();
+        visible.into_iter().collect()
+    }
+    fn tick(&mut self) -> i64 {
+        self.union.tick()
+    }
+}
 fn mkdir_p(fs: &mut impl Fs, dir: &RelPath) -> bool {
     let mut chain: Vec<RelPath> = dir.ancestors().collect();
     chain.reverse();
@@ -345,89 +682,62 @@ fn mutate(fs: &mut impl Fs, mutation: &Mutation) {
     }
 }
 
+/// One compute server and the project, with the base between them, synced
+/// by building the reconcile input directly (no protocol).
+#[derive(Clone, Debug)]
+pub struct World {
+    pub project: ProjectHome,
+    pub compute: ComputeUnion,
+    pub base: BTreeMap<RelPath, BaseEntry>,
+}
+
+/// Everything a sync saw and did, for the invariant checks.
+#[derive(Clone, Debug)]
+pub struct SyncRecord {
+    pub inputs: Inputs,
+    pub plan: Plan,
+    pub project_before: Tree,
+    /// Compute-side files and symlinks written since the last sync.
+    pub compute_writes: Vec<(RelPath, Node)>,
+}
+
+/// The model's compute server id.
+pub const COMPUTE_ID: u64 = 1;
+
 impl World {
     pub fn new(hashes: bool) -> World {
         World {
-            project: BTreeMap::new(),
-            upper: BTreeMap::new(),
-            whiteouts: BTreeSet::new(),
+            project: ProjectHome::new(hashes),
+            compute: ComputeUnion::new(hashes),
             base: BTreeMap::new(),
-            journal: BTreeMap::new(),
-            conflicts: Vec::new(),
-            hashes,
-            project_clock: 1000,
-            compute_clock: 1000,
         }
     }
 
     pub fn mutate(&mut self, actor: Actor, mutation: &Mutation) {
         match actor {
-            Actor::Project => mutate(&mut ProjectFs(self), mutation),
-            Actor::Compute => mutate(&mut ComputeFs(self), mutation),
+            Actor::Project => self.project.mutate(mutation),
+            Actor::Compute => self.compute.mutate(&self.project.tree, mutation),
         }
     }
 
-    /// The compute side's union view of `path`, and whether it comes from
-    /// the upper layer.
     pub fn union_get(&self, path: &RelPath) -> Option<(Node, bool)> {
-        let mut prefixes: Vec<RelPath> = path.ancestors().collect();
-        prefixes.reverse();
-        prefixes.push(path.clone());
-        let mut found = None;
-        for prefix in prefixes {
-            if let Some((node, _)) = &found {
-                if !Node::is_dir(node) {
-                    return None;
-                }
-            }
-            if self.whiteouts.contains(&prefix) {
-                return None;
-            }
-            found = match (self.upper.get(&prefix), self.project.get(&prefix)) {
-                (Some(node), _) => Some((node.clone(), true)),
-                (None, Some(node)) => Some((node.clone(), false)),
-                (None, None) => return None,
-            };
-        }
-        found
+        self.compute.get(&self.project.tree, path)
     }
 
-    /// Every path the compute side's union shows.
-    pub fn union_view(&self) -> BTreeMap<RelPath, Node> {
-        self.upper
-            .keys()
-            .chain(self.project.keys())
-            .filter_map(|p| self.union_get(p).map(|(n, _)| (p.clone(), n)))
-            .collect()
+    pub fn union_view(&self) -> Tree {
+        self.compute.view(&self.project.tree)
     }
 
-    /// Journal the first change of a path that has no base.
-    fn note(&mut self, path: &RelPath) {
-        if self.base.contains_key(path) || self.journal.contains_key(path) {
-            return;
-        }
-        let seen = match self.union_get(path) {
-            Some((node, false)) => Some(node.meta(self.hashes)),
-            _ => None,
-        };
-        self.journal.insert(path.clone(), seen);
-    }
-
-    fn reported(&self, path: &RelPath) -> Option<Reported> {
-        if let Some(node) = self.upper.get(path) {
-            Some(Reported::Present(node.meta(self.hashes)))
-        } else if self.whiteouts.contains(path) {
-            Some(Reported::Deleted)
-        } else {
-            None
-        }
+    fn hashes(&self) -> bool {
+        self.project.hashes
     }
 
     /// The paths a sync must look at: the upper, the whiteouts and the base.
     pub fn sync_set(&self) -> BTreeSet<RelPath> {
-        self.upper
+        self.compute
+            .upper
             .keys()
-            .chain(&self.whiteouts)
+            .chain(&self.compute.whiteouts)
             .chain(self.base.keys())
             .cloned()
             .collect()
@@ -442,205 +752,111 @@ impl World {
         let subtrees: Vec<RelPath> = paths
             .iter()
             .filter(|p| {
-                let project = self.project.get(p).map(|n| n.meta(self.hashes));
-                needs_project_subtree(self.reported(p).as_ref(), project.as_ref())
+                needs_project_subtree(
+                    self.compute.reported(p).as_ref(),
+                    self.project.meta(p).as_ref(),
+                )
             })
-            .flat_map(|p| descendants_in(&self.project, p))
+            .flat_map(|p| descendants_in(&self.project.tree, p))
             .collect();
         paths.extend(subtrees);
         paths
             .into_iter()
             .map(|path| {
-                let base = self.base.get(&path).cloned();
                 let input = PathInput {
-                    seen: self.journal.get(&path).cloned().flatten(),
-                    compute: self.reported(&path),
-                    project: self.project.get(&path).map(|n| n.meta(self.hashes)),
-                    base,
+                    base: self.base.get(&path).cloned(),
+                    seen: self.compute.journal.get(&path).and_then(|e| e.seen.clone()),
+                    compute: self.compute.reported(&path),
+                    project: self.project.meta(&path),
                 };
                 (path, input)
             })
             .collect()
     }
 
-    /// Plans and applies one sync. An `Err` is an invariant broken on the
-    /// way: an input the reconcile refused, or a step whose precondition
-    /// (compare-and-swap, empty directory, existing parent) did not hold.
+    /// Compute-side files and symlinks changed from where the compute side
+    /// started: its base, or else what it saw in the lower.
+    fn compute_writes(&self) -> Vec<(RelPath, Node)> {
+        self.compute
+            .upper
+            .iter()
+            .filter(|(_, node)| !node.is_dir())
+            .filter(|(path, node)| {
+                let meta = node.meta(self.hashes());
+                match (self.base.get(*path), self.compute.journal.get(*path)) {
+                    (Some(base), _) => meta.changed_since(&base.compute),
+                    (None, Some(entry)) => entry
+                        .seen
+                        .as_ref()
+                        .is_none_or(|seen| meta.same_content(seen) != Sameness::Same),
+                    (None, None) => false,
+                }
+            })
+            .map(|(p, n)| (p.clone(), n.clone()))
+            .collect()
+    }
+
+    /// Plans and applies one sync, shipping content as the protocol does.
+    /// An `Err` is an invariant broken on the way: an input the reconcile
+    /// refused, or a step that had to be deferred although nothing changed
+    /// concurrently.
     pub fn sync(&mut self) -> Result<SyncRecord, String> {
         let inputs = self.inputs();
         let plan = reconcile(&inputs).map_err(|e| format!("reconcile refused: {e}"))?;
         let record = SyncRecord {
-            project_before: self.project.clone(),
-            compute_writes: self
-                .journal
-                .keys()
-                .chain(self.base.keys())
-                .filter_map(|p| {
-                    let node = self.upper.get(p)?;
-                    let meta = node.meta(self.hashes);
-                    // A write is a change from where the compute side
-                    // started: its base, or else what it saw in the lower.
-                    let changed = match (self.base.get(p), self.journal.get(p)) {
-                        (Some(base), _) => meta.changed_since(&base.compute),
-                        (None, Some(Some(seen))) => meta.same_content(seen) != Sameness::Same,
-                        (None, _) => true,
-                    };
-                    (changed && !node.is_dir()).then(|| (p.clone(), node.clone()))
-                })
-                .collect(),
+            project_before: self.project.tree.clone(),
+            compute_writes: self.compute_writes(),
             inputs,
             plan,
         };
+        let mut to_project = Staged::new();
         for op in &record.plan.project_ops {
-            self.apply_project(op)?;
+            if let Some(data) = self
+                .compute
+                .upper
+                .get(op.path())
+                .and_then(|n| match &n.content {
+                    Content::File(data) => Some(data.clone()),
+                    _ => None,
+                })
+            {
+                to_project.insert(op.path().clone(), data);
+            }
+        }
+        for op in &record.plan.project_ops {
+            self.project
+                .apply(COMPUTE_ID, op, &to_project)
+                .map_err(|Deferred(why)| format!("project step {op} deferred: {why}"))?;
+        }
+        let mut to_compute = Staged::new();
+        for op in &record.plan.compute_ops {
+            if let ComputeOp::Take { path, meta, .. } = op {
+                if let Some(data) = self.project.read(path, meta) {
+                    to_compute.insert(path.clone(), data);
+                }
+            }
         }
         for op in &record.plan.compute_ops {
-            self.apply_compute(op)?;
+            self.compute
+                .apply(&self.project.tree, op, &to_compute)
+                .map_err(|Deferred(why)| format!("compute step {op} deferred: {why}"))?;
         }
         for path in record.plan.resolutions.keys() {
-            let upper = self.upper.get(path).map(|n| n.meta(self.hashes));
-            let project = self.project.get(path).map(|n| n.meta(self.hashes));
-            match BaseEntry::after_sync(upper, project) {
+            let upper = self.compute.upper.get(path).map(|n| n.meta(self.hashes()));
+            match BaseEntry::after_sync(upper, self.project.meta(path)) {
                 Some(entry) => self.base.insert(path.clone(), entry),
                 None => self.base.remove(path),
             };
         }
-        self.journal.clear();
+        self.compute.journal.clear();
         Ok(record)
-    }
-
-    fn project_tick(&mut self) -> i64 {
-        self.project_clock += 1;
-        self.project_clock
-    }
-
-    fn compute_tick(&mut self) -> i64 {
-        self.compute_clock += 1;
-        self.compute_clock
-    }
-
-    fn expect_project(&self, path: &RelPath, expect: &Meta) -> Result<Node, String> {
-        match self.project.get(path) {
-            Some(node) if node.meta(self.hashes) == *expect => Ok(node.clone()),
-            other => Err(format!(
-                "project {path}: expected {expect}, found {other:?}"
-            )),
-        }
-    }
-
-    fn compute_node(&self, path: &RelPath, meta: &Meta) -> Result<Node, String> {
-        match self.upper.get(path) {
-            Some(node) if node.meta(self.hashes) == *meta => Ok(node.clone()),
-            other => Err(format!(
-                "compute {path}: expected {meta} to ship, found {other:?}"
-            )),
-        }
-    }
-
-    fn project_parent_is_dir(&self, path: &RelPath) -> Result<(), String> {
-        match path.parent() {
-            None => Ok(()),
-            Some(parent) if self.project.get(&parent).is_some_and(Node::is_dir) => Ok(()),
-            Some(parent) => Err(format!(
-                "project {path}: parent {parent} is not a directory"
-            )),
-        }
-    }
-
-    fn apply_project(&mut self, op: &ProjectOp) -> Result<(), String> {
-        match op {
-            ProjectOp::PreserveConflict { path, compute } => {
-                let node = self.compute_node(path, compute)?;
-                self.conflicts.push((path.clone(), node));
-            }
-            ProjectOp::Remove { path, expect } => {
-                self.expect_project(path, expect)?;
-                if !descendants_in(&self.project, path).is_empty() {
-                    return Err(format!("project {path}: removing a non-empty directory"));
-                }
-                self.project.remove(path);
-            }
-            ProjectOp::Create { path, meta } => {
-                if self.project.contains_key(path) {
-                    return Err(format!("project {path}: create over an existing path"));
-                }
-                self.project_parent_is_dir(path)?;
-                let mut node = self.compute_node(path, meta)?;
-                node.ctime = self.project_tick();
-                self.project.insert(path.clone(), node);
-            }
-            ProjectOp::Write { path, meta, expect } => {
-                self.expect_project(path, expect)?;
-                let mut node = self.compute_node(path, meta)?;
-                node.ctime = self.project_tick();
-                self.project.insert(path.clone(), node);
-            }
-            ProjectOp::SetMode { path, mode, expect } => {
-                let mut node = self.expect_project(path, expect)?;
-                node.mode = *mode;
-                node.ctime = self.project_tick();
-                self.project.insert(path.clone(), node);
-            }
-        }
-        Ok(())
-    }
-
-    fn apply_compute(&mut self, op: &ComputeOp) -> Result<(), String> {
-        match op {
-            ComputeOp::Remove { path, expect } => {
-                match self.upper.get(path) {
-                    Some(node) if node.meta(self.hashes) == *expect => {}
-                    other => {
-                        return Err(format!("upper {path}: expected {expect}, found {other:?}"))
-                    }
-                }
-                if !descendants_in(&self.upper, path).is_empty() {
-                    return Err(format!("upper {path}: removing a non-empty directory"));
-                }
-                self.upper.remove(path);
-            }
-            ComputeOp::DropWhiteout { path } => {
-                if !self.whiteouts.remove(path) {
-                    return Err(format!("whiteout {path}: not there"));
-                }
-            }
-            ComputeOp::Take { path, meta, expect } => {
-                let now = self.upper.get(path).map(|n| n.meta(self.hashes));
-                if now != *expect {
-                    return Err(format!("upper {path}: expected {expect:?}, found {now:?}"));
-                }
-                let node = match self.project.get(path) {
-                    Some(node) if node.meta(self.hashes) == *meta => node.clone(),
-                    other => {
-                        return Err(format!("take {path}: project has {other:?}, plan {meta}"))
-                    }
-                };
-                // Taking a path makes it visible: its ancestors are visible
-                // directories by now (parents first), held in the upper.
-                for a in path.ancestors() {
-                    match self.union_get(&a) {
-                        Some((n, _)) if n.is_dir() => {
-                            if !self.upper.contains_key(&a) {
-                                self.upper.insert(a.clone(), n);
-                            }
-                        }
-                        _ => return Err(format!("take {path}: ancestor {a} is not visible")),
-                    }
-                }
-                self.whiteouts.remove(path);
-                let mut node = node;
-                node.ctime = self.compute_tick();
-                self.upper.insert(path.clone(), node);
-            }
-        }
-        Ok(())
     }
 }
 
 /// Invariant 1: the compute side's union view equals the project home.
 pub fn check_convergence(world: &World) -> Result<(), String> {
     let union = world.union_view();
-    for (path, node) in &world.project {
+    for (path, node) in &world.project.tree {
         match union.get(path) {
             Some(seen) if seen.same_as(node) => {}
             other => {
@@ -651,7 +867,7 @@ pub fn check_convergence(world: &World) -> Result<(), String> {
         }
     }
     for path in union.keys() {
-        if !world.project.contains_key(path) {
+        if !world.project.tree.contains_key(path) {
             return Err(format!("{path}: union shows it, the project lacks it"));
         }
     }
@@ -666,7 +882,7 @@ pub fn check_project_wins(record: &SyncRecord, world: &World) -> Result<(), Stri
             continue;
         }
         let before = record.project_before.get(path);
-        let after = world.project.get(path);
+        let after = world.project.tree.get(path);
         let kept = match (before, after) {
             (None, None) => true,
             (Some(b), Some(a)) => a.same_as(b),
@@ -686,11 +902,16 @@ pub fn check_project_wins(record: &SyncRecord, world: &World) -> Result<(), Stri
 /// (a push of an unchanged path) is untouched.
 pub fn check_nothing_lost(record: &SyncRecord, world: &World) -> Result<(), String> {
     for (path, node) in &record.compute_writes {
-        let in_project = world.project.get(path).is_some_and(|n| n.same_as(node));
+        let in_project = world
+            .project
+            .tree
+            .get(path)
+            .is_some_and(|n| n.same_as(node));
         let preserved = world
+            .project
             .conflicts
             .iter()
-            .any(|(p, n)| p == path && n.same_as(node));
+            .any(|(_, p, n)| p == path && n.same_as(node));
         if !in_project && !preserved {
             return Err(format!(
                 "{path}: compute wrote {node:?}, now neither in project nor conflicts"
@@ -703,7 +924,11 @@ pub fn check_nothing_lost(record: &SyncRecord, world: &World) -> Result<(), Stri
             .resolutions
             .get(path)
             .is_some_and(|r| matches!(r.decision, Decision::Push | Decision::KeepParent));
-        let unchanged = world.project.get(path).is_some_and(|n| n.same_as(before));
+        let unchanged = world
+            .project
+            .tree
+            .get(path)
+            .is_some_and(|n| n.same_as(before));
         if !pushed && !unchanged && !before.is_dir() {
             return Err(format!(
                 "{path}: project had {before:?}, lost without a push"

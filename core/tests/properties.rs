@@ -145,13 +145,13 @@ mod regressions {
         sync_checked(&mut world);
         world.mutate(Actor::Compute, &Mutation::Write(p("a"), b"xx".to_vec()));
         sync_checked(&mut world);
-        let pushed_mtime = world.project[&p("a")].mtime;
+        let pushed_mtime = world.project.tree[&p("a")].mtime;
         world.mutate(Actor::Project, &Mutation::Write(p("a"), b"yx".to_vec()));
-        world.project.get_mut(&p("a")).expect("written").mtime = pushed_mtime;
+        world.project.tree.get_mut(&p("a")).expect("written").mtime = pushed_mtime;
         sync_checked(&mut world);
         assert_eq!(
             world.union_get(&p("a")).expect("visible").0.content,
-            world.project[&p("a")].content
+            world.project.tree[&p("a")].content
         );
     }
 
@@ -165,6 +165,6 @@ mod regressions {
         world.mutate(Actor::Compute, &Mutation::Chmod(p("a"), 0o644));
         world.mutate(Actor::Project, &Mutation::Mkdir(p("a")));
         sync_checked(&mut world);
-        assert!(world.conflicts.is_empty());
+        assert!(world.project.conflicts.is_empty());
     }
 }
