@@ -264,6 +264,11 @@ impl ComputeSession {
         self.close.take()
     }
 
+    /// The sync in flight (0: none).
+    pub fn current_sync(&self) -> u64 {
+        self.flight.as_ref().map_or(0, |f| f.sync)
+    }
+
     pub fn status(&self, now: Instant) -> ComputeStatus {
         let report = self.flight.as_ref().map(|f| &f.report);
         ComputeStatus {

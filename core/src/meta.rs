@@ -156,6 +156,21 @@ impl Meta {
             && (self.kind != Kind::File || content_kept)
     }
 
+    /// Is this the observation `expected` describes (same machine)? The
+    /// compare-and-swap test of every apply step: all fields equal, the
+    /// hash only where both carry one (a plan may add hashes to a stat).
+    pub fn matches(&self, expected: &Meta) -> bool {
+        self.kind == expected.kind
+            && self.perm() == expected.perm()
+            && self.size == expected.size
+            && self.mtime_ns == expected.mtime_ns
+            && self.ctime_ns == expected.ctime_ns
+            && match (self.hash, expected.hash) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+
     /// Do two observations, possibly by different machines, hold the same
     /// content? Never looks at mtimes.
     pub fn same_content(&self, other: &Meta) -> Sameness {
@@ -246,6 +261,17 @@ mod tests {
     fn a_symlink_changes_with_its_target() {
         assert!(Meta::symlink("b", 1).changed_since(&Meta::symlink("a", 1)));
         assert!(!Meta::symlink("a", 5).changed_since(&Meta::symlink("a", 1)));
+    }
+
+    #[test]
+    fn a_stat_matches_the_planned_observation_with_or_without_its_hash() {
+        let stat = Meta::file(0o644, 3, 1).with_ctime(2);
+        assert!(stat.matches(&stat.clone().with_hash(H1)));
+        assert!(!stat
+            .clone()
+            .with_hash(H2)
+            .matches(&stat.clone().with_hash(H1)));
+        assert!(!stat.matches(&Meta::file(0o644, 3, 1).with_ctime(3)));
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl Node {
     }
 
     /// Content and mode: what a user would call "the same file".
-    fn same_as(&self, other: &Node) -> bool {
+    pub fn same_as(&self, other: &Node) -> bool {
         let mode_counts = !matches!(self.content, Content::Symlink(_));
         self.content == other.content && (!mode_counts || self.mode == other.mode)
     }
@@ -189,7 +189,12 @@ fn expect_node(
     hashes: bool,
 ) -> Result<(), Deferred> {
     let now = tree.get(path).map(|n| n.meta(hashes));
-    if now.as_ref() == expect {
+    let matches = match (&now, expect) {
+        (None, None) => true,
+        (Some(now), Some(expect)) => now.matches(expect),
+        _ => false,
+    };
+    if matches {
         Ok(())
     } else {
         Err(Deferred(format!(
@@ -203,7 +208,7 @@ fn read_matching(tree: &Tree, path: &RelPath, expect: &Meta, hashes: bool) -> Op
         Some(Node {
             content: Content::File(data),
             ..
-        }) if tree[path].meta(hashes) == *expect => Some(data.clone()),
+        }) if tree[path].meta(hashes).matches(expect) => Some(data.clone()),
         _ => None,
     }
 }
@@ -855,9 +860,14 @@ impl World {
 
 /// Invariant 1: the compute side's union view equals the project home.
 pub fn check_convergence(world: &World) -> Result<(), String> {
-    let union = world.union_view();
-    for (path, node) in &world.project.tree {
-        match union.get(path) {
+    check_union_matches(&world.compute, &world.project)
+}
+
+/// A compute union shows exactly the project's tree (content and mode).
+pub fn check_union_matches(union: &ComputeUnion, project: &ProjectHome) -> Result<(), String> {
+    let view = union.view(&project.tree);
+    for (path, node) in &project.tree {
+        match view.get(path) {
             Some(seen) if seen.same_as(node) => {}
             other => {
                 return Err(format!(
@@ -866,12 +876,10 @@ pub fn check_convergence(world: &World) -> Result<(), String> {
             }
         }
     }
-    for path in union.keys() {
-        if !world.project.tree.contains_key(path) {
-            return Err(format!("{path}: union shows it, the project lacks it"));
-        }
+    match view.keys().find(|p| !project.tree.contains_key(*p)) {
+        Some(path) => Err(format!("{path}: union shows it, the project lacks it")),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Invariant 2: where both sides changed a path differently, the project's

@@ -227,6 +227,11 @@ impl ProjectSession {
         (!matches!(self.state, State::AwaitHello)).then_some(self.compute_id)
     }
 
+    /// The sync in flight (the last one once idle).
+    pub fn current_sync(&self) -> u64 {
+        self.last_sync
+    }
+
     pub fn poll_io(&mut self) -> Option<ProjectIo> {
         self.io.pop_front()
     }

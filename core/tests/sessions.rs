@@ -1,0 +1,403 @@
+//! The two session state machines talking to each other directly, with the
+//! model's project home and compute union as their storage: the protocol
+//! without a network.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use unionsync_core::model::{
+    check_union_matches, ComputeUnion, Deferred, Mutation, ProjectHome, Staged,
+};
+use unionsync_core::{
+    BaseEntry, ComputeConfig, ComputeEvent, ComputeIo, ComputeSession, ErrorCode, Message,
+    ProjectConfig, ProjectIo, ProjectSession, RelPath, Timing,
+};
+
+const CHUNK: usize = 3;
+
+struct Pair {
+    now: Instant,
+    compute: ComputeSession,
+    project: ProjectSession,
+    union: ComputeUnion,
+    home: ProjectHome,
+    base: (u64, BTreeMap<RelPath, BaseEntry>),
+    compute_epoch: u64,
+    compute_staged: Staged,
+    project_staged: Staged,
+    events: Vec<ComputeEvent>,
+}
+
+fn p(s: &str) -> RelPath {
+    RelPath::new(s).expect("valid test path")
+}
+
+fn config(token: &[u8]) -> ComputeConfig {
+    ComputeConfig {
+        compute_id: 1,
+        token: token.to_vec(),
+        timing: Timing::default(),
+        step_timeout: Duration::from_secs(30),
+    }
+}
+
+impl Pair {
+    fn new(token: &[u8]) -> Pair {
+        let now = Instant::now();
+        let project_config = ProjectConfig {
+            token: b"secret".to_vec(),
+            step_timeout: Duration::from_secs(30),
+        };
+        Pair {
+            now,
+            compute: ComputeSession::new(config(token), 0, now),
+            project: ProjectSession::new(project_config, now),
+            union: ComputeUnion::new(false),
+            home: ProjectHome::new(false),
+            base: (0, BTreeMap::new()),
+            compute_epoch: 0,
+            compute_staged: Staged::new(),
+            project_staged: Staged::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Reconnects both sessions as the agents would after a restart.
+    fn reconnect(&mut self) {
+        let project_config = ProjectConfig {
+            token: b"secret".to_vec(),
+            step_timeout: Duration::from_secs(30),
+        };
+        self.project = ProjectSession::new(project_config, self.now);
+        self.compute.handle_disconnected(self.now, "test");
+        self.compute.handle_connected(self.now);
+    }
+
+    /// Moves messages and performs IO until both sides are quiet. Returns
+    /// the messages the project sent, for assertions.
+    fn pump(&mut self) -> Vec<Message> {
+        let mut from_project = Vec::new();
+        for _ in 0..10_000 {
+            let mut busy = false;
+            while let Some(io) = self.compute.poll_io() {
+                busy = true;
+                self.compute_io(io);
+            }
+            while let Some(io) = self.project.poll_io() {
+                busy = true;
+                self.project_io(io);
+            }
+            while let Some(m) = self.compute.poll_transmit() {
+                busy = true;
+                let _ = self.project.handle_message(self.now, m);
+            }
+            while let Some(m) = self.project.poll_transmit() {
+                busy = true;
+                from_project.push(m.clone());
+                let _ = self.compute.handle_message(self.now, m);
+            }
+            while let Some(e) = self.compute.poll_event() {
+                self.events.push(e);
+            }
+            if !busy {
+                return from_project;
+            }
+        }
+        panic!("sessions never went quiet");
+    }
+
+    fn sync(&mut self) {
+        self.now += Duration::from_secs(60);
+        self.compute.sync_now(self.now);
+        self.pump();
+    }
+
+    fn compute_io(&mut self, io: ComputeIo) {
+        let now = self.now;
+        match io {
+            ComputeIo::CollectChanges { full } => {
+                let (mark, changes) = self.union.changes(full);
+                self.compute.handle_changes(now, mark, changes);
+            }
+            ComputeIo::Hash { paths } => {
+                let hashes = paths
+                    .iter()
+                    .map(|p| (p.clone(), self.union.hash(p)))
+                    .collect();
+                self.compute.handle_hashes(now, hashes);
+            }
+            ComputeIo::SendFiles { files } => {
+                let mut skipped = Vec::new();
+                for (path, meta) in files {
+                    match self.union.read(&path, &meta) {
+                        Some(data) => send_chunks(&mut self.project, now, &path, &data),
+                        None => skipped.push(path),
+                    }
+                }
+                self.compute.handle_files_sent(now, skipped);
+            }
+            ComputeIo::Stage { path, data, .. } => {
+                self.compute_staged.entry(path).or_default().extend(data);
+            }
+            ComputeIo::Apply { ops } => {
+                let staged = std::mem::take(&mut self.compute_staged);
+                let (mut deferred, mut after) = (Vec::new(), Vec::new());
+                for op in &ops {
+                    match self.union.apply(&self.home.tree, op, &staged) {
+                        Ok(m) => after.push((op.path().clone(), m)),
+                        Err(Deferred(_)) => deferred.push(op.path().clone()),
+                    }
+                }
+                self.compute.handle_applied(now, deferred, after);
+            }
+            ComputeIo::Commit { epoch, mark, paths } => {
+                self.union.commit(mark, &paths);
+                self.compute_epoch = epoch;
+                self.compute.handle_committed(now);
+            }
+        }
+    }
+
+    fn project_io(&mut self, io: ProjectIo) {
+        let now = self.now;
+        match io {
+            ProjectIo::LoadBase { .. } => {
+                self.project
+                    .handle_base(now, self.base.0, self.base.1.clone());
+            }
+            ProjectIo::Stat { paths } => {
+                let stats = paths
+                    .iter()
+                    .map(|p| (p.clone(), self.home.meta(p)))
+                    .collect();
+                self.project.handle_stats(now, stats);
+            }
+            ProjectIo::ListSubtrees { dirs } => {
+                let entries = dirs.iter().flat_map(|d| self.home.subtree(d)).collect();
+                self.project.handle_subtrees(now, entries);
+            }
+            ProjectIo::Hash { paths } => {
+                let hashes = paths
+                    .iter()
+                    .map(|p| (p.clone(), self.home.hash(p)))
+                    .collect();
+                self.project.handle_hashes(now, hashes);
+            }
+            ProjectIo::Stage { path, data, .. } => {
+                self.project_staged.entry(path).or_default().extend(data);
+            }
+            ProjectIo::Apply {
+                compute_id,
+                ops,
+                skipped,
+                ..
+            } => {
+                let staged = std::mem::take(&mut self.project_staged);
+                let (mut deferred, mut after) = (Vec::new(), Vec::new());
+                for op in &ops {
+                    if skipped.contains(op.path()) {
+                        continue;
+                    }
+                    match self.home.apply(compute_id, op, &staged) {
+                        Ok(m) => after.push((op.path().clone(), m)),
+                        Err(Deferred(_)) => deferred.push(op.path().clone()),
+                    }
+                }
+                self.project.handle_applied(now, deferred, after);
+            }
+            ProjectIo::SendFiles { files } => {
+                let mut skipped = Vec::new();
+                for (path, meta) in files {
+                    match self.home.read(&path, &meta) {
+                        Some(data) => send_chunks(&mut self.compute, now, &path, &data),
+                        None => skipped.push(path),
+                    }
+                }
+                self.project.handle_files_sent(now, skipped);
+            }
+            ProjectIo::CommitBase {
+                epoch,
+                replace,
+                updates,
+                ..
+            } => {
+                if replace {
+                    self.base.1.clear();
+                }
+                for (path, entry) in updates {
+                    match entry {
+                        Some(e) => self.base.1.insert(path, e),
+                        None => self.base.1.remove(&path),
+                    };
+                }
+                self.base.0 = epoch;
+                self.project.handle_base_committed(now);
+            }
+        }
+    }
+
+    fn compute_writes(&mut self, m: Mutation) {
+        self.union.mutate(&self.home.tree, &m);
+    }
+}
+
+/// Delivers a file as `FileData` chunks directly to the receiving session.
+fn send_chunks<S: Receiver>(to: &mut S, now: Instant, path: &RelPath, data: &[u8]) {
+    let chunks: Vec<&[u8]> = if data.is_empty() {
+        vec![&[][..]]
+    } else {
+        data.chunks(CHUNK).collect()
+    };
+    let n = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        to.receive(now, path.clone(), chunk.to_vec(), i + 1 == n);
+    }
+}
+
+trait Receiver {
+    fn receive(&mut self, now: Instant, path: RelPath, data: Vec<u8>, last: bool);
+}
+
+impl Receiver for ProjectSession {
+    fn receive(&mut self, now: Instant, path: RelPath, data: Vec<u8>, last: bool) {
+        let sync = self.current_sync();
+        self.handle_message(
+            now,
+            Message::FileData {
+                sync,
+                path,
+                data,
+                last,
+            },
+        )
+        .expect("project accepts the data");
+    }
+}
+
+impl Receiver for ComputeSession {
+    fn receive(&mut self, now: Instant, path: RelPath, data: Vec<u8>, last: bool) {
+        let sync = self.current_sync();
+        self.handle_message(
+            now,
+            Message::FileData {
+                sync,
+                path,
+                data,
+                last,
+            },
+        )
+        .expect("compute accepts the data");
+    }
+}
+
+#[test]
+fn a_compute_write_reaches_the_project_and_both_sides_commit() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    pair.compute_writes(Mutation::Write(p("dir/new.txt"), b"hello world".to_vec()));
+    pair.sync();
+    assert_eq!(
+        pair.home.tree[&p("dir/new.txt")].content,
+        unionsync_core::model::Content::File(b"hello world".to_vec())
+    );
+    assert_eq!((pair.base.0, pair.compute_epoch), (1, 1));
+    check_union_matches(&pair.union, &pair.home).unwrap();
+    assert!(pair.union.journal.is_empty());
+}
+
+#[test]
+fn a_project_edit_reaches_the_upper_copy() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    pair.compute_writes(Mutation::Write(p("f"), b"v1".to_vec()));
+    pair.sync();
+    pair.home
+        .mutate(&Mutation::Write(p("f"), b"version two".to_vec()));
+    pair.sync();
+    check_union_matches(&pair.union, &pair.home).unwrap();
+    assert_eq!(
+        pair.union.upper[&p("f")].content,
+        unionsync_core::model::Content::File(b"version two".to_vec())
+    );
+}
+
+#[test]
+fn a_conflict_keeps_the_project_version_and_preserves_the_compute_one() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    pair.compute_writes(Mutation::Write(p("f"), b"base".to_vec()));
+    pair.sync();
+    pair.compute_writes(Mutation::Write(p("f"), b"compute".to_vec()));
+    pair.home
+        .mutate(&Mutation::Write(p("f"), b"project".to_vec()));
+    pair.sync();
+    check_union_matches(&pair.union, &pair.home).unwrap();
+    let (_, path, node) = &pair.home.conflicts[0];
+    assert_eq!(
+        (path, &node.content),
+        (
+            &p("f"),
+            &unionsync_core::model::Content::File(b"compute".to_vec())
+        )
+    );
+}
+
+#[test]
+fn a_sync_with_no_changes_moves_no_data() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    pair.compute_writes(Mutation::Write(p("f"), b"x".to_vec()));
+    pair.sync();
+    pair.now += Duration::from_secs(60);
+    pair.compute.sync_now(pair.now);
+    let sent = pair.pump();
+    assert!(!sent.iter().any(|m| matches!(m, Message::FileData { .. })));
+    match sent.iter().find(|m| matches!(m, Message::Plan { .. })) {
+        Some(Message::Plan { ops, want, .. }) => assert!(ops.is_empty() && want.is_empty()),
+        other => panic!("no plan: {other:?}"),
+    }
+}
+
+#[test]
+fn a_wrong_token_is_refused_and_changes_nothing() {
+    let mut pair = Pair::new(b"wrong");
+    pair.compute.handle_connected(pair.now);
+    pair.compute_writes(Mutation::Write(p("f"), b"x".to_vec()));
+    let sent = pair.pump();
+    assert!(matches!(
+        sent.as_slice(),
+        [Message::Error {
+            code: ErrorCode::BadToken,
+            ..
+        }]
+    ));
+    assert!(pair.home.tree.is_empty());
+    assert_eq!(pair.base.0, 0);
+}
+
+#[test]
+fn a_compute_side_that_lost_its_epoch_gets_a_full_reconcile_without_conflicts() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    pair.compute_writes(Mutation::Write(p("f"), b"x".to_vec()));
+    pair.sync();
+    pair.compute_writes(Mutation::Write(p("g"), b"y".to_vec()));
+    pair.sync();
+    // The compute side's state directory is gone; its upper survived.
+    pair.compute = ComputeSession::new(config(b"secret"), 0, pair.now);
+    pair.reconnect();
+    let sent = pair.pump();
+    assert!(
+        sent.iter()
+            .any(|m| matches!(m, Message::Welcome { full: true, .. })),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter()
+            .any(|m| matches!(m, Message::HashRequest { .. })),
+        "equal content is proven by hashes"
+    );
+    check_union_matches(&pair.union, &pair.home).unwrap();
+    assert_eq!(pair.home.tree.len(), 2, "nothing deleted");
+    assert!(pair.home.conflicts.is_empty(), "{:?}", pair.home.conflicts);
+}
