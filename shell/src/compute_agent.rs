@@ -1,0 +1,328 @@
+//! The compute agent: drives one [`ComputeSession`] over a websocket to the
+//! project server, performing its storage work with a [`ComputeStore`].
+//!
+//! ```text
+//! load epoch ─► loop: (backoff) connect ─► handshake ─► Hello
+//!                     select: frame │ session timeout │ command
+//!                     after each: drain poll_io (store) / poll_transmit (send)
+//!                                 / poll_event (log, forward) / poll_close
+//!                     connection gone ─► handle_disconnected ─► backoff
+//! ```
+//!
+//! Generic over the byte stream ([`Connector`]) and the store, so the
+//! simulation runs this code over turmoil's network and in-memory trees.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Error as WsError;
+use unionsync_core::{
+    ComputeConfig, ComputeEvent, ComputeIo, ComputeSession, ComputeStatus, Message, SessionError,
+};
+
+use crate::store::{ComputeStore, StoreResult};
+use crate::transport::{self, TransportError, Ws};
+use crate::{now, sleep_until};
+
+/// Opens a byte stream to the project server (TCP in production, turmoil's
+/// TCP in the simulation).
+#[allow(async_fn_in_trait)] // agents run on a current-thread runtime
+pub trait Connector {
+    type Stream: AsyncRead + AsyncWrite + Unpin;
+    async fn connect(&mut self) -> std::io::Result<Self::Stream>;
+}
+
+/// Production: plain TCP to `host:port`.
+pub struct TcpConnector(pub String);
+
+impl Connector for TcpConnector {
+    type Stream = tokio::net::TcpStream;
+    async fn connect(&mut self) -> std::io::Result<Self::Stream> {
+        tokio::net::TcpStream::connect(self.0.as_str()).await
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ComputeAgentConfig {
+    pub session: ComputeConfig,
+    /// Only fills the websocket request; the stream comes from the connector.
+    pub url: String,
+    /// Reconnect delays: `reconnect_min` after a connection that was
+    /// welcomed, doubling up to `reconnect_max` while attempts fail.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl ComputeAgentConfig {
+    fn backoff(&self, delay: Duration) -> Duration {
+        (delay * 2).max(self.reconnect_min).min(self.reconnect_max)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentCommand {
+    SyncNow,
+    ClearError,
+    /// A local write happened: sync soon.
+    Activity,
+    Shutdown,
+}
+
+/// Runs until [`AgentCommand::Shutdown`]; fails only if the committed epoch
+/// cannot be loaded. A closed command channel is not a shutdown: syncing
+/// goes on.
+pub async fn run_compute_agent<C: Connector, St: ComputeStore>(
+    config: ComputeAgentConfig,
+    mut connector: C,
+    mut store: St,
+    commands: mpsc::UnboundedReceiver<AgentCommand>,
+    status: watch::Sender<ComputeStatus>,
+    events: Option<mpsc::UnboundedSender<ComputeEvent>>,
+) -> StoreResult<()> {
+    let epoch = store.load_epoch().await?;
+    let step_timeout = config.session.step_timeout;
+    let mut agent = Agent {
+        session: ComputeSession::new(config.session.clone(), epoch, now()),
+        store,
+        commands,
+        commands_open: true,
+        status,
+        events,
+    };
+    agent.publish();
+    let mut delay = Duration::ZERO;
+    loop {
+        // Disconnected: wait, connect, handshake; commands still apply.
+        let connected = {
+            let attempt = async {
+                tokio::time::sleep(delay).await;
+                let stream = connector.connect().await.map_err(WsError::Io)?;
+                let handshake = transport::connect(&config.url, stream);
+                tokio::time::timeout(step_timeout, handshake)
+                    .await
+                    .unwrap_or_else(
+                        |_| Err(WsError::Io(std::io::ErrorKind::TimedOut.into()).into()),
+                    )
+            };
+            tokio::pin!(attempt);
+            loop {
+                tokio::select! {
+                    result = &mut attempt => break result,
+                    command = agent.commands.recv(), if agent.commands_open => {
+                        if !agent.command(command) {
+                            return Ok(());
+                        }
+                        agent.publish();
+                    }
+                }
+            }
+        };
+        let mut ws = match connected {
+            Ok(ws) => ws,
+            Err(error) => {
+                tracing::debug!(%error, url = %config.url, "cannot reach the project");
+                delay = config.backoff(delay);
+                continue;
+            }
+        };
+        match agent.connection(&mut ws, step_timeout).await {
+            Ending::Shutdown => return Ok(()),
+            Ending::Lost { reason, welcomed } => {
+                tracing::info!(%reason, "disconnected from the project");
+                agent.session.handle_disconnected(now(), &reason);
+                agent.publish();
+                delay = if welcomed {
+                    config.reconnect_min
+                } else {
+                    config.backoff(delay)
+                };
+            }
+        }
+    }
+}
+
+enum Ending {
+    Shutdown,
+    /// `welcomed`: the project accepted the Hello.
+    Lost {
+        reason: String,
+        welcomed: bool,
+    },
+}
+
+struct Agent<St> {
+    session: ComputeSession,
+    store: St,
+    commands: mpsc::UnboundedReceiver<AgentCommand>,
+    commands_open: bool,
+    status: watch::Sender<ComputeStatus>,
+    events: Option<mpsc::UnboundedSender<ComputeEvent>>,
+}
+
+impl<St: ComputeStore> Agent<St> {
+    /// One connection, from Hello until it is gone or the agent shuts down.
+    async fn connection<S>(&mut self, ws: &mut Ws<S>, handshake_timeout: Duration) -> Ending
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.session.handle_connected(now());
+        // The session sets no timeout while waiting for Welcome.
+        let handshake_deadline = now() + handshake_timeout;
+        let mut welcomed = false;
+        loop {
+            match self.drain(ws).await {
+                Ok(None) => {}
+                Ok(Some(close)) => {
+                    let _ = ws.close(None).await;
+                    let reason = close.to_string();
+                    return Ending::Lost { reason, welcomed };
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    return Ending::Lost { reason, welcomed };
+                }
+            }
+            let deadline = if welcomed {
+                self.session.poll_timeout()
+            } else {
+                Some(handshake_deadline)
+            };
+            tokio::select! {
+                frame = transport::recv(ws) => match frame {
+                    Ok(Some(message)) => {
+                        welcomed |= matches!(message, Message::Welcome { .. });
+                        // A refusal or protocol error comes out of poll_close.
+                        let _ = self.session.handle_message(now(), message);
+                    }
+                    Ok(None) => {
+                        let reason = "the project closed the connection".to_string();
+                        return Ending::Lost { reason, welcomed };
+                    }
+                    Err(error) => {
+                        let reason = error.to_string();
+                        return Ending::Lost { reason, welcomed };
+                    }
+                },
+                () = sleep_until(deadline) => {
+                    if !welcomed {
+                        let reason = format!("no Welcome within {handshake_timeout:?}");
+                        return Ending::Lost { reason, welcomed };
+                    }
+                    self.session.handle_timeout(now());
+                }
+                command = self.commands.recv(), if self.commands_open => {
+                    if !self.command(command) {
+                        let _ = ws.close(None).await;
+                        return Ending::Shutdown;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds a command to the session; `false` on Shutdown.
+    fn command(&mut self, command: Option<AgentCommand>) -> bool {
+        let now = now();
+        match command {
+            None => self.commands_open = false,
+            Some(AgentCommand::SyncNow) => self.session.sync_now(now),
+            Some(AgentCommand::ClearError) => self.session.clear_error(now),
+            Some(AgentCommand::Activity) => self.session.handle_activity(now),
+            Some(AgentCommand::Shutdown) => return false,
+        }
+        true
+    }
+
+    /// Sends what the session queued and performs its storage work until it
+    /// wants nothing more; `Some` when it wants the connection closed.
+    async fn drain<S>(&mut self, ws: &mut Ws<S>) -> Result<Option<SessionError>, TransportError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            while let Some(message) = self.session.poll_transmit() {
+                match transport::send(ws, &message).await {
+                    // Cannot be encoded (too large): a failed sync, not a
+                    // lost connection, so it counts towards the pause.
+                    Err(TransportError::Wire(error)) => {
+                        tracing::error!(%error, "cannot send a message");
+                        self.session.handle_io_error(now(), error.to_string());
+                    }
+                    result => result?,
+                }
+            }
+            let Some(io) = self.session.poll_io() else {
+                break;
+            };
+            self.perform(io, ws).await?;
+        }
+        self.publish();
+        Ok(self.session.poll_close())
+    }
+
+    async fn perform<S>(&mut self, io: ComputeIo, ws: &mut Ws<S>) -> Result<(), TransportError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (session, store) = (&mut self.session, &mut self.store);
+        let result = match io {
+            ComputeIo::CollectChanges { full } => store
+                .collect_changes(full)
+                .await
+                .map(|(mark, changes)| session.handle_changes(now(), mark, changes)),
+            ComputeIo::Hash { paths } => store
+                .hashes(&paths)
+                .await
+                .map(|hashes| session.handle_hashes(now(), hashes)),
+            ComputeIo::SendFiles { files } => {
+                let sync = session.current_sync();
+                transport::send_files(ws, sync, &files, async |path, meta| {
+                    store.read_file(path, meta).await
+                })
+                .await?
+                .map(|skipped| session.handle_files_sent(now(), skipped))
+            }
+            ComputeIo::Stage { path, data, last } => store.stage(&path, &data, last).await,
+            ComputeIo::Apply { ops } => store
+                .apply(&ops)
+                .await
+                .map(|applied| session.handle_applied(now(), applied.deferred, applied.after)),
+            ComputeIo::Commit { epoch, mark, paths } => store
+                .commit(epoch, mark, &paths)
+                .await
+                .map(|()| session.handle_committed(now())),
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, "compute storage failed");
+            session.handle_io_error(now(), error.to_string());
+        }
+        Ok(())
+    }
+
+    /// Logs and forwards the session's events; publishes its status.
+    fn publish(&mut self) {
+        while let Some(event) = self.session.poll_event() {
+            match &event {
+                ComputeEvent::SyncStarted { sync } => tracing::debug!(sync, "sync started"),
+                ComputeEvent::SyncDone(report) => tracing::info!(
+                    sync = report.sync,
+                    epoch = report.epoch,
+                    sent = report.files_sent,
+                    received = report.files_received,
+                    conflicts = report.conflicts.len(),
+                    deferred = report.deferred.len(),
+                    "sync done"
+                ),
+                ComputeEvent::SyncFailed { error } => tracing::warn!(%error, "sync failed"),
+                ComputeEvent::Paused => {
+                    tracing::warn!("syncing paused after repeated failures (clear the error)")
+                }
+            }
+            if let Some(events) = &self.events {
+                let _ = events.send(event);
+            }
+        }
+        self.status.send_replace(self.session.status(now()));
+    }
+}

@@ -1,0 +1,250 @@
+//! The project server: one [`ProjectSession`] per compute connection,
+//! performing its storage work with a [`ProjectStore`].
+//!
+//! ```text
+//! serve: accept ─► spawn_local(serve_connection) ─► accept …
+//! serve_connection: websocket accept ─► loop:
+//!     select: frame │ session timeout
+//!     after each: drain poll_io (store) / poll_transmit (send)
+//!                 / poll_event (log, forward) / poll_close (Error sent, close)
+//! ```
+//!
+//! Runs on a current-thread runtime inside a `LocalSet` (the store's
+//! async-fn-in-trait futures are not `Send`).
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use unionsync_core::{
+    ErrorCode, Message, ProjectConfig, ProjectError, ProjectEvent, ProjectIo, ProjectSession,
+};
+
+use crate::store::{ProjectStore, StoreError};
+use crate::transport::{self, TransportError, Ws};
+use crate::{now, sleep_until};
+
+/// Accepts byte streams from compute servers. Implemented here for tokio's
+/// TCP listener; the simulation implements it for turmoil's.
+#[allow(async_fn_in_trait)] // current-thread runtime
+pub trait Listener {
+    type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
+    async fn accept(&mut self) -> std::io::Result<(Self::Stream, SocketAddr)>;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&mut self) -> std::io::Result<(Self::Stream, SocketAddr)> {
+        tokio::net::TcpListener::accept(self).await
+    }
+}
+
+/// Why this side ended a connection (a peer hanging up is `Ok`).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("session closed: {0}")]
+    Session(#[from] ProjectError),
+}
+
+/// Serves every connection `listener` accepts, each on its own local task
+/// with a clone of `store`. Returns only if accepting fails for a reason
+/// other than one connection's (aborted, reset, interrupted).
+pub async fn serve<L: Listener, St: ProjectStore + Clone + 'static>(
+    mut listener: L,
+    store: St,
+    config: ProjectConfig,
+    events: Option<mpsc::UnboundedSender<ProjectEvent>>,
+) -> std::io::Result<()> {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    ConnectionAborted | ConnectionReset | Interrupted
+                ) =>
+            {
+                tracing::debug!(%error, "accept");
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let connection = serve_connection(stream, store.clone(), config.clone(), events.clone());
+        tokio::task::spawn_local(async move {
+            match connection.await {
+                Ok(()) => tracing::debug!(%peer, "compute server hung up"),
+                Err(error) => tracing::debug!(%peer, %error, "connection ended"),
+            }
+        });
+    }
+}
+
+/// One compute connection, from the websocket handshake until either side
+/// ends it. A malformed or oversized frame gets `Error{Malformed}` and a
+/// closed connection, and reaches neither the session nor the store.
+pub async fn serve_connection<S, St>(
+    stream: S,
+    mut store: St,
+    config: ProjectConfig,
+    events: Option<mpsc::UnboundedSender<ProjectEvent>>,
+) -> Result<(), ServeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    St: ProjectStore,
+{
+    let mut ws = transport::accept(stream).await?;
+    let mut session = ProjectSession::new(config, now());
+    loop {
+        if let Some(error) = drain(&mut session, &mut store, &mut ws, events.as_ref()).await? {
+            // The session queued an Error frame for the peer; drain sent it.
+            tracing::warn!(compute_id = ?session.compute_id(), %error, "closing the connection");
+            let _ = ws.close(None).await;
+            return Err(error.into());
+        }
+        tokio::select! {
+            frame = transport::recv(&mut ws) => match frame {
+                Ok(Some(message)) => {
+                    // An error comes out of poll_close.
+                    let _ = session.handle_message(now(), message);
+                }
+                Ok(None) => return Ok(()),
+                Err(error) if error.is_malformed() => {
+                    tracing::warn!(compute_id = ?session.compute_id(), %error, "refusing a frame");
+                    let message = Message::Error {
+                        code: ErrorCode::Malformed,
+                        message: error.to_string(),
+                    };
+                    let _ = transport::send(&mut ws, &message).await;
+                    let _ = ws.close(None).await;
+                    return Err(error.into());
+                }
+                Err(error) => return Err(error.into()),
+            },
+            () = sleep_until(session.poll_timeout()) => session.handle_timeout(now()),
+        }
+    }
+}
+
+/// Sends what the session queued and performs its storage work until it
+/// wants nothing more; `Some` when it wants the connection closed.
+async fn drain<S, St>(
+    session: &mut ProjectSession,
+    store: &mut St,
+    ws: &mut Ws<S>,
+    events: Option<&mpsc::UnboundedSender<ProjectEvent>>,
+) -> Result<Option<ProjectError>, TransportError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    St: ProjectStore,
+{
+    loop {
+        while let Some(message) = session.poll_transmit() {
+            match transport::send(ws, &message).await {
+                // Cannot be encoded (too large): fail the session, which
+                // queues an Error frame instead.
+                Err(TransportError::Wire(error)) => session.handle_io_error(error.to_string()),
+                result => result?,
+            }
+        }
+        let Some(io) = session.poll_io() else {
+            break;
+        };
+        perform(session, store, ws, io).await?;
+    }
+    while let Some(event) = session.poll_event() {
+        match &event {
+            ProjectEvent::Connected { compute_id, full } => {
+                tracing::info!(compute_id, full, "compute server connected")
+            }
+            ProjectEvent::SyncDone {
+                compute_id,
+                sync,
+                epoch,
+                pushed,
+                pulled,
+                conflicts,
+            } => tracing::info!(
+                compute_id,
+                sync,
+                epoch,
+                pushed,
+                pulled,
+                conflicts = conflicts.len(),
+                "sync done"
+            ),
+        }
+        if let Some(events) = events {
+            let _ = events.send(event);
+        }
+    }
+    Ok(session.poll_close())
+}
+
+async fn perform<S, St>(
+    session: &mut ProjectSession,
+    store: &mut St,
+    ws: &mut Ws<S>,
+    io: ProjectIo,
+) -> Result<(), TransportError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    St: ProjectStore,
+{
+    let result = match io {
+        ProjectIo::LoadBase { compute_id } => store
+            .load_base(compute_id)
+            .await
+            .map(|(epoch, base)| session.handle_base(now(), epoch, base)),
+        ProjectIo::Stat { paths } => store
+            .stat(&paths)
+            .await
+            .map(|stats| session.handle_stats(now(), stats)),
+        ProjectIo::ListSubtrees { dirs } => store
+            .list_subtrees(&dirs)
+            .await
+            .map(|entries| session.handle_subtrees(now(), entries)),
+        ProjectIo::Hash { paths } => store
+            .hashes(&paths)
+            .await
+            .map(|hashes| session.handle_hashes(now(), hashes)),
+        // Staging only happens after Hello, so the id is known.
+        ProjectIo::Stage { path, data, last } => match session.compute_id() {
+            Some(compute_id) => store.stage(compute_id, &path, &data, last).await,
+            None => Err(StoreError("content received before Hello".into())),
+        },
+        ProjectIo::Apply {
+            compute_id,
+            sync,
+            ops,
+            skipped,
+        } => store
+            .apply(compute_id, sync, &ops, &skipped)
+            .await
+            .map(|applied| session.handle_applied(now(), applied.deferred, applied.after)),
+        ProjectIo::SendFiles { files } => {
+            let sync = session.current_sync();
+            transport::send_files(ws, sync, &files, async |path, meta| {
+                store.read_file(path, meta).await
+            })
+            .await?
+            .map(|skipped| session.handle_files_sent(now(), skipped))
+        }
+        ProjectIo::CommitBase {
+            compute_id,
+            epoch,
+            replace,
+            updates,
+        } => store
+            .commit_base(compute_id, epoch, replace, &updates)
+            .await
+            .map(|()| session.handle_base_committed(now())),
+    };
+    if let Err(error) = result {
+        tracing::warn!(compute_id = ?session.compute_id(), %error, "project storage failed");
+        session.handle_io_error(error.to_string());
+    }
+    Ok(())
+}

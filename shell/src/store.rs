@@ -1,0 +1,95 @@
+//! What the agents need from each side's filesystem. Production implements
+//! these over real directories; the simulation over in-memory trees. The
+//! agents are generic over them, so both run the same agent code.
+//!
+//! Every path is a validated [`RelPath`] and implementations must stay
+//! beneath their roots without following symlinks.
+
+use std::collections::BTreeMap;
+
+use unionsync_core::{BaseEntry, Change, ComputeOp, ContentHash, Meta, ProjectOp, RelPath};
+
+/// A storage failure: the sync in flight fails, nothing is half-applied
+/// beyond what compare-and-swap and deferral already allow.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> StoreError {
+        StoreError(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Result of applying one side's steps: the paths deferred (a precondition
+/// did not hold) and the state after of every path a step touched.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub deferred: Vec<RelPath>,
+    pub after: Vec<(RelPath, Option<Meta>)>,
+}
+
+/// The compute server's side: the upper layer, whiteouts and journal.
+#[allow(async_fn_in_trait)] // agents run on a current-thread runtime
+pub trait ComputeStore {
+    /// The last committed epoch (0: none).
+    async fn load_epoch(&mut self) -> StoreResult<u64>;
+    /// Journaled changes (or, `full`, every upper entry and whiteout) and a
+    /// mark that [`ComputeStore::commit`] gets back.
+    async fn collect_changes(&mut self, full: bool) -> StoreResult<(u64, Vec<Change>)>;
+    async fn hashes(
+        &mut self,
+        paths: &[RelPath],
+    ) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>>;
+    /// The content of an upper file, if it still matches `expect` and did not
+    /// change while being read.
+    async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>>;
+    /// Receive content for a later `Take`.
+    async fn stage(&mut self, path: &RelPath, data: &[u8], last: bool) -> StoreResult<()>;
+    async fn apply(&mut self, ops: &[ComputeOp]) -> StoreResult<Applied>;
+    /// Durably record `epoch`; drop `paths` from the journal unless changed
+    /// after `mark`.
+    async fn commit(&mut self, epoch: u64, mark: u64, paths: &[RelPath]) -> StoreResult<()>;
+}
+
+/// The project server's side: the home directory and every compute
+/// server's base.
+#[allow(async_fn_in_trait)]
+pub trait ProjectStore {
+    async fn load_base(
+        &mut self,
+        compute_id: u64,
+    ) -> StoreResult<(u64, BTreeMap<RelPath, BaseEntry>)>;
+    async fn stat(&mut self, paths: &[RelPath]) -> StoreResult<Vec<(RelPath, Option<Meta>)>>;
+    async fn list_subtrees(&mut self, dirs: &[RelPath]) -> StoreResult<Vec<(RelPath, Meta)>>;
+    async fn hashes(
+        &mut self,
+        paths: &[RelPath],
+    ) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>>;
+    async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>>;
+    async fn stage(
+        &mut self,
+        compute_id: u64,
+        path: &RelPath,
+        data: &[u8],
+        last: bool,
+    ) -> StoreResult<()>;
+    /// Apply with compare-and-swap; conflict losers go to
+    /// `.unionsync/conflicts/<compute_id>/<stamp>/…`.
+    async fn apply(
+        &mut self,
+        compute_id: u64,
+        sync: u64,
+        ops: &[ProjectOp],
+        skipped: &[RelPath],
+    ) -> StoreResult<Applied>;
+    async fn commit_base(
+        &mut self,
+        compute_id: u64,
+        epoch: u64,
+        replace: bool,
+        updates: &[(RelPath, Option<BaseEntry>)],
+    ) -> StoreResult<()>;
+}

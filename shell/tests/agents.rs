@@ -1,0 +1,381 @@
+//! The agents over in-memory duplex pipes with tiny fake stores: refusals
+//! change nothing, and one file created on the compute side reaches the
+//! project with both sides committing.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::DuplexStream;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message as Frame;
+use unionsync::compute_agent::{run_compute_agent, AgentCommand, ComputeAgentConfig, Connector};
+use unionsync::project_server::serve_connection;
+use unionsync::store::{Applied, ComputeStore, ProjectStore, StoreError, StoreResult};
+use unionsync::transport;
+use unionsync_core::wire::MAX_MESSAGE_LEN;
+use unionsync_core::{
+    BaseEntry, Change, ComputeConfig, ComputeEvent, ComputeOp, ComputeSession, ContentHash,
+    ErrorCode, Message, Meta, ProjectConfig, ProjectEvent, ProjectOp, RelPath, Reported, Timing,
+    PROTOCOL_VERSION,
+};
+
+const TOKEN: &[u8] = b"right";
+
+fn path(s: &str) -> RelPath {
+    RelPath::new(s).unwrap()
+}
+
+fn not_in_this_test<T>(what: &str) -> StoreResult<T> {
+    Err(StoreError(format!("{what}: not expected in this test")))
+}
+
+/// A compute upper whose journal holds its files; records the epoch.
+#[derive(Clone, Default)]
+struct FakeCompute(Rc<RefCell<ComputeDisk>>);
+
+#[derive(Default)]
+struct ComputeDisk {
+    files: BTreeMap<RelPath, (Meta, Vec<u8>)>,
+    epoch: u64,
+}
+
+impl ComputeStore for FakeCompute {
+    async fn load_epoch(&mut self) -> StoreResult<u64> {
+        Ok(self.0.borrow().epoch)
+    }
+    async fn collect_changes(&mut self, _full: bool) -> StoreResult<(u64, Vec<Change>)> {
+        let disk = self.0.borrow();
+        let changes = disk.files.iter().map(|(path, (meta, _))| Change {
+            path: path.clone(),
+            state: Reported::Present(meta.clone()),
+            seen: None,
+        });
+        Ok((0, changes.collect()))
+    }
+    async fn hashes(&mut self, _: &[RelPath]) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>> {
+        not_in_this_test("hashes")
+    }
+    async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>> {
+        let disk = self.0.borrow();
+        let file = disk
+            .files
+            .get(path)
+            .filter(|(meta, _)| meta.matches(expect));
+        Ok(file.map(|(_, data)| data.clone()))
+    }
+    async fn stage(&mut self, _: &RelPath, _: &[u8], _: bool) -> StoreResult<()> {
+        not_in_this_test("stage")
+    }
+    async fn apply(&mut self, ops: &[ComputeOp]) -> StoreResult<Applied> {
+        if !ops.is_empty() {
+            return not_in_this_test("compute steps");
+        }
+        Ok(Applied::default())
+    }
+    async fn commit(&mut self, epoch: u64, _mark: u64, _paths: &[RelPath]) -> StoreResult<()> {
+        self.0.borrow_mut().epoch = epoch;
+        Ok(())
+    }
+}
+
+/// An initially empty project home that logs every storage call.
+#[derive(Clone, Default)]
+struct FakeProject(Rc<RefCell<ProjectDisk>>);
+
+#[derive(Default)]
+struct ProjectDisk {
+    files: BTreeMap<RelPath, Vec<u8>>,
+    staged: BTreeMap<RelPath, Vec<u8>>,
+    calls: Vec<&'static str>,
+    committed_epoch: u64,
+}
+
+impl ProjectStore for FakeProject {
+    async fn load_base(&mut self, _: u64) -> StoreResult<(u64, BTreeMap<RelPath, BaseEntry>)> {
+        self.0.borrow_mut().calls.push("load_base");
+        Ok((0, BTreeMap::new()))
+    }
+    async fn stat(&mut self, paths: &[RelPath]) -> StoreResult<Vec<(RelPath, Option<Meta>)>> {
+        let mut disk = self.0.borrow_mut();
+        disk.calls.push("stat");
+        let stat = |p: &RelPath| (disk.files.get(p)).map(|d| Meta::file(0o644, d.len() as u64, 1));
+        Ok(paths.iter().map(|p| (p.clone(), stat(p))).collect())
+    }
+    async fn list_subtrees(&mut self, _: &[RelPath]) -> StoreResult<Vec<(RelPath, Meta)>> {
+        not_in_this_test("list_subtrees")
+    }
+    async fn hashes(&mut self, _: &[RelPath]) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>> {
+        not_in_this_test("hashes")
+    }
+    async fn read_file(&mut self, _: &RelPath, _: &Meta) -> StoreResult<Option<Vec<u8>>> {
+        not_in_this_test("read_file")
+    }
+    async fn stage(&mut self, _: u64, path: &RelPath, data: &[u8], _: bool) -> StoreResult<()> {
+        let mut disk = self.0.borrow_mut();
+        disk.calls.push("stage");
+        disk.staged.entry(path.clone()).or_default().extend(data);
+        Ok(())
+    }
+    async fn apply(
+        &mut self,
+        _: u64,
+        _: u64,
+        ops: &[ProjectOp],
+        _: &[RelPath],
+    ) -> StoreResult<Applied> {
+        let mut disk = self.0.borrow_mut();
+        disk.calls.push("apply");
+        let mut applied = Applied::default();
+        for op in ops {
+            let ProjectOp::Create { path, meta } = op else {
+                return not_in_this_test("project steps other than Create");
+            };
+            let data = disk.staged.remove(path).unwrap_or_default();
+            let after = Meta::file(meta.mode, data.len() as u64, 1);
+            disk.files.insert(path.clone(), data);
+            applied.after.push((path.clone(), Some(after)));
+        }
+        Ok(applied)
+    }
+    async fn commit_base(
+        &mut self,
+        _: u64,
+        epoch: u64,
+        _: bool,
+        _: &[(RelPath, Option<BaseEntry>)],
+    ) -> StoreResult<()> {
+        let mut disk = self.0.borrow_mut();
+        disk.calls.push("commit_base");
+        disk.committed_epoch = epoch;
+        Ok(())
+    }
+}
+
+/// Hands out one stream, then never connects again.
+struct OneStream(Option<DuplexStream>);
+
+impl Connector for OneStream {
+    type Stream = DuplexStream;
+    async fn connect(&mut self) -> std::io::Result<DuplexStream> {
+        match self.0.take() {
+            Some(stream) => Ok(stream),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+fn project_config() -> ProjectConfig {
+    ProjectConfig {
+        token: TOKEN.to_vec(),
+        step_timeout: Duration::from_secs(10),
+    }
+}
+
+fn hello(version: u16, token: &[u8]) -> Message {
+    Message::Hello {
+        version,
+        compute_id: 7,
+        token: token.to_vec(),
+        epoch: 0,
+    }
+}
+
+/// Runs `test` on this current-thread runtime inside a LocalSet, as the
+/// daemons run, with a deadline against hangs.
+async fn local<F: Future>(test: F) -> F::Output {
+    let set = tokio::task::LocalSet::new();
+    let deadline = Duration::from_secs(30);
+    tokio::time::timeout(deadline, set.run_until(test))
+        .await
+        .expect("test timed out")
+}
+
+/// Connects a raw websocket client to a project server over a pipe; the
+/// server's result comes out of the handle.
+async fn raw_client(
+    project: &FakeProject,
+) -> (
+    transport::Ws<DuplexStream>,
+    tokio::task::JoinHandle<Result<(), unionsync::project_server::ServeError>>,
+) {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let server = tokio::task::spawn_local(serve_connection(
+        server,
+        project.clone(),
+        project_config(),
+        None,
+    ));
+    let ws = transport::connect("ws://project/", client).await.unwrap();
+    (ws, server)
+}
+
+/// Asserts the server refuses with `code`, closes, and touched no storage.
+async fn assert_refused(
+    mut ws: transport::Ws<DuplexStream>,
+    server: tokio::task::JoinHandle<Result<(), unionsync::project_server::ServeError>>,
+    project: &FakeProject,
+    code: ErrorCode,
+) {
+    match transport::recv(&mut ws).await.unwrap() {
+        Some(Message::Error { code: got, .. }) => assert_eq!(got, code),
+        other => panic!("expected Error {code:?}, got {other:?}"),
+    }
+    assert_eq!(transport::recv(&mut ws).await.unwrap(), None, "closed");
+    assert!(server.await.unwrap().is_err());
+    assert_eq!(project.0.borrow().calls, Vec::<&str>::new());
+}
+
+#[tokio::test]
+async fn wrong_token_is_refused_with_bad_token_and_touches_no_storage() {
+    local(async {
+        let project = FakeProject::default();
+        let (mut ws, server) = raw_client(&project).await;
+        transport::send(&mut ws, &hello(PROTOCOL_VERSION, b"wrong"))
+            .await
+            .unwrap();
+        assert_refused(ws, server, &project, ErrorCode::BadToken).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_protocol_version_is_refused_with_bad_version() {
+    local(async {
+        let project = FakeProject::default();
+        let (mut ws, server) = raw_client(&project).await;
+        transport::send(&mut ws, &hello(999, TOKEN)).await.unwrap();
+        assert_refused(ws, server, &project, ErrorCode::BadVersion).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn garbage_frame_is_refused_with_malformed() {
+    local(async {
+        let project = FakeProject::default();
+        let (mut ws, server) = raw_client(&project).await;
+        ws.send(Frame::binary(vec![0xff, 0xff, 0xff]))
+            .await
+            .unwrap();
+        assert_refused(ws, server, &project, ErrorCode::Malformed).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_frame_is_refused_with_malformed_before_it_is_read() {
+    local(async {
+        let project = FakeProject::default();
+        let (ws, server) = raw_client(&project).await;
+        // The server stops reading after the frame header, so the send
+        // never completes: send and receive on separate halves.
+        let (mut sink, mut stream) = ws.split();
+        tokio::task::spawn_local(async move {
+            let _ = sink
+                .send(Frame::binary(vec![0u8; MAX_MESSAGE_LEN + 1]))
+                .await;
+        });
+        match stream.next().await {
+            Some(Ok(Frame::Binary(bytes))) => assert!(matches!(
+                Message::decode(&bytes),
+                Ok(Message::Error {
+                    code: ErrorCode::Malformed,
+                    ..
+                })
+            )),
+            other => panic!("expected an Error frame, got {other:?}"),
+        }
+        assert!(server.await.unwrap().is_err());
+        assert_eq!(project.0.borrow().calls, Vec::<&str>::new());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_compute_file_reaches_the_project_and_both_commit_epoch_1() {
+    local(async {
+        let compute = FakeCompute::default();
+        let meta = Meta::file(0o644, 5, 1_000).with_ctime(1_000);
+        (compute.0.borrow_mut().files).insert(path("notes.txt"), (meta, b"hello".to_vec()));
+        let project = FakeProject::default();
+
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (project_events, mut project_rx) = mpsc::unbounded_channel();
+        let server = tokio::task::spawn_local(serve_connection(
+            server,
+            project.clone(),
+            project_config(),
+            Some(project_events),
+        ));
+
+        let session = ComputeConfig {
+            compute_id: 7,
+            token: TOKEN.to_vec(),
+            timing: Timing::default(),
+            step_timeout: Duration::from_secs(10),
+        };
+        let now = tokio::time::Instant::now().into_std();
+        let (status, _status_rx) =
+            watch::channel(ComputeSession::new(session.clone(), 0, now).status(now));
+        let config = ComputeAgentConfig {
+            session,
+            url: "ws://project/".into(),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(1),
+        };
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (events, mut events_rx) = mpsc::unbounded_channel();
+        let agent = tokio::task::spawn_local(run_compute_agent(
+            config,
+            OneStream(Some(client)),
+            compute.clone(),
+            command_rx,
+            status,
+            Some(events),
+        ));
+
+        let report = loop {
+            match events_rx.recv().await.unwrap() {
+                ComputeEvent::SyncStarted { .. } => {}
+                ComputeEvent::SyncDone(report) => break report,
+                other => panic!("sync did not succeed: {other:?}"),
+            }
+        };
+        commands.send(AgentCommand::Shutdown).unwrap();
+        agent.await.unwrap().unwrap();
+        server.await.unwrap().unwrap();
+
+        assert_eq!(report.epoch, 1);
+        assert_eq!(report.files_sent, 1);
+        assert_eq!(compute.0.borrow().epoch, 1);
+        let (file, epoch) = {
+            let disk = project.0.borrow();
+            (
+                disk.files.get(&path("notes.txt")).cloned(),
+                disk.committed_epoch,
+            )
+        };
+        assert_eq!(file.as_deref(), Some(&b"hello"[..]));
+        assert_eq!(epoch, 1);
+        assert_eq!(
+            project_rx.recv().await,
+            Some(ProjectEvent::Connected {
+                compute_id: 7,
+                full: true
+            })
+        );
+        assert!(matches!(
+            project_rx.recv().await,
+            Some(ProjectEvent::SyncDone {
+                epoch: 1,
+                pushed: 1,
+                ..
+            })
+        ));
+    })
+    .await;
+}

@@ -1,0 +1,51 @@
+//! The simulation as part of `cargo test`: many seeds with faults, the same
+//! seed twice, and every seed that ever failed, by name.
+
+use unionsync_sim::{run_seed, SimOptions};
+
+fn assert_seed_passes(seed: u64) {
+    let outcome = run_seed(seed, &SimOptions::default());
+    assert!(
+        outcome.failure.is_none(),
+        "seed {seed}: {}\nreplay: cargo run -p unionsync-sim --release -- --seed {seed} --trace",
+        outcome.failure.unwrap_or_default()
+    );
+}
+
+#[test]
+fn three_hundred_seeds_with_faults_converge_and_lose_nothing() {
+    let failures: Vec<String> = (0..300)
+        .filter_map(|seed| {
+            let outcome = run_seed(seed, &SimOptions::default());
+            outcome.failure.map(|f| format!("seed {seed}: {f}"))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_seed_syncs_at_least_once_per_compute_server() {
+    let outcome = run_seed(7, &SimOptions::default());
+    assert!(outcome.syncs >= 2, "only {} syncs", outcome.syncs);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace() {
+    for seed in [1, 42, 1234] {
+        let a = run_seed(seed, &SimOptions::default());
+        let b = run_seed(seed, &SimOptions::default());
+        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed}");
+    }
+}
+
+#[test]
+fn different_seeds_give_different_traces() {
+    let a = run_seed(1, &SimOptions::default());
+    let b = run_seed(2, &SimOptions::default());
+    assert_ne!(a.trace_hash, b.trace_hash);
+}
