@@ -144,11 +144,13 @@ impl Meta {
     }
 
     /// True when `self` differs from `earlier` (same machine) in its mode
-    /// alone: a pure `chmod`.
+    /// alone: a pure `chmod`. For a file that needs both hashes: a chmod
+    /// bumps the ctime just as an edit does, so without hashes an edit that
+    /// kept size and mtime would pass for a chmod and never ship.
     pub fn is_chmod_of(&self, earlier: &Meta) -> bool {
         let content_kept = match (self.hash, earlier.hash) {
             (Some(now), Some(then)) => now == then,
-            _ => self.mtime_ns == earlier.mtime_ns,
+            _ => false,
         };
         self.kind == earlier.kind
             && self.perm() != earlier.perm()
@@ -243,11 +245,19 @@ mod tests {
 
     #[test]
     fn chmod_alone_is_a_change() {
-        let then = Meta::file(0o644, 3, 1);
-        let now = Meta::file(0o600, 3, 1);
+        let then = Meta::file(0o644, 3, 1).with_hash(H1);
+        let now = Meta::file(0o600, 3, 1).with_hash(H1);
         assert!(now.changed_since(&then));
         assert!(now.is_chmod_of(&then));
-        assert!(!Meta::file(0o600, 4, 1).is_chmod_of(&then));
+        assert!(!Meta::file(0o600, 4, 1).with_hash(H1).is_chmod_of(&then));
+    }
+
+    #[test]
+    fn without_hashes_a_file_chmod_cannot_be_told_from_an_edit() {
+        // An edit that kept size and mtime, plus a chmod: both bump ctime.
+        let then = Meta::file(0o644, 3, 1).with_ctime(1);
+        let now = Meta::file(0o755, 3, 1).with_ctime(2);
+        assert!(!now.is_chmod_of(&then));
     }
 
     #[test]

@@ -257,8 +257,18 @@ impl Plan {
         self.project_ops.is_empty() && self.compute_ops.is_empty()
     }
 
-    /// Paths whose compute-side version was preserved as a conflict loser.
-    pub fn conflicts(&self) -> impl Iterator<Item = (&RelPath, &Meta)> {
+    /// Every path where the project won a conflict (the sync report's
+    /// list), including losing compute deletions, which leave nothing to
+    /// preserve.
+    pub fn conflicts(&self) -> impl Iterator<Item = &RelPath> {
+        self.resolutions
+            .iter()
+            .filter(|(_, r)| r.decision == Decision::Conflict)
+            .map(|(p, _)| p)
+    }
+
+    /// Compute-side versions kept in the conflicts area.
+    pub fn preserved(&self) -> impl Iterator<Item = (&RelPath, &Meta)> {
         self.resolutions
             .iter()
             .filter_map(|(p, r)| r.preserve.as_ref().map(|m| (p, m)))

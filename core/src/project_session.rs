@@ -421,7 +421,7 @@ impl ProjectSession {
                     epoch,
                     pushed,
                     pulled,
-                    conflicts: flight.plan.conflicts().map(|(p, _)| p.clone()).collect(),
+                    conflicts: flight.plan.conflicts().cloned().collect(),
                 });
                 State::Idle
             }
@@ -666,7 +666,7 @@ impl ProjectSession {
             sync: flight.sync,
             ops: plan.compute_ops.clone(),
             want,
-            conflicts: plan.conflicts().map(|(p, _)| p.clone()).collect(),
+            conflicts: plan.conflicts().cloned().collect(),
         });
         flight.plan = plan;
         Ok(State::Receiving(flight))

@@ -505,16 +505,16 @@ fn compute_chmod_only_project_sets_mode_without_write() {
                 .upper(dir(0o700, C1))
                 .project(dir(0o755, P1)),
         ),
-        // A chmod bumps the ctime but keeps size and mtime.
+        // A chmod bumps the ctime but keeps size, mtime and content hash.
         (
             p("run.sh"),
             input()
                 .base(
-                    file(0o644, 12, C1).with_ctime(C1),
-                    file(0o644, 12, P1).with_ctime(P1),
+                    file(0o644, 12, C1).with_ctime(C1).with_hash(hash(4)),
+                    file(0o644, 12, P1).with_ctime(P1).with_hash(hash(4)),
                 )
-                .upper(file(0o755, 12, C1).with_ctime(C3))
-                .project(file(0o644, 12, P1).with_ctime(P1)),
+                .upper(file(0o755, 12, C1).with_ctime(C3).with_hash(hash(4)))
+                .project(file(0o644, 12, P1).with_ctime(P1).with_hash(hash(4))),
         ),
     ]);
     insta::assert_snapshot!(
@@ -533,7 +533,7 @@ fn compute_chmod_only_project_sets_mode_without_write() {
             ProjectOp::SetMode {
                 path: p("run.sh"),
                 mode: 0o755,
-                expect: file(0o644, 12, P1).with_ctime(P1)
+                expect: file(0o644, 12, P1).with_ctime(P1).with_hash(hash(4))
             },
         ]
     );
@@ -763,4 +763,24 @@ fn input_inside_the_reserved_directory_is_refused() {
             path: p(".unionsync/x")
         })
     );
+}
+
+/// Without hashes a chmod cannot be told from a chmod plus an edit that kept
+/// size and mtime (both bump the ctime): the content is shipped.
+#[test]
+fn compute_chmod_without_hashes_ships_the_content() {
+    let plan = plan([(
+        p("run.sh"),
+        input()
+            .base(
+                file(0o644, 12, C1).with_ctime(C1),
+                file(0o644, 12, P1).with_ctime(P1),
+            )
+            .upper(file(0o755, 12, C1).with_ctime(C3))
+            .project(file(0o644, 12, P1).with_ctime(P1)),
+    )]);
+    assert!(matches!(
+        plan.project_ops.as_slice(),
+        [ProjectOp::Write { meta, .. }] if meta.perm() == 0o755
+    ));
 }

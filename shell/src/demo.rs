@@ -16,6 +16,15 @@ fn agreed(size: u64) -> BaseEntry {
     }
 }
 
+/// The same entry with the content hash both sides computed.
+fn hashed(entry: BaseEntry) -> BaseEntry {
+    let hash = ContentHash([3; 32]);
+    BaseEntry {
+        compute: entry.compute.with_hash(hash),
+        project: entry.project.with_hash(hash),
+    }
+}
+
 fn path(bytes: &[u8]) -> anyhow::Result<RelPath> {
     RelPath::new(bytes).with_context(|| format!("demo path {:?}", bytes.escape_ascii().to_string()))
 }
@@ -66,15 +75,18 @@ fn scripted_inputs() -> anyhow::Result<Inputs> {
                 ..PathInput::default()
             },
         ),
-        // chmod +x on the compute server: a mode change, no data shipped.
+        // chmod +x on the compute server: a mode change, no data shipped
+        // (the unchanged hash shows the content is the same).
         (
             b"run.sh",
             PathInput {
-                base: Some(agreed(30)),
+                base: Some(hashed(agreed(30))),
                 compute: Some(Reported::Present(
-                    Meta::file(0o755, 30, 5_000).with_ctime(6_300),
+                    Meta::file(0o755, 30, 5_000)
+                        .with_ctime(6_300)
+                        .with_hash(ContentHash([3; 32])),
                 )),
-                project: Some(agreed(30).project),
+                project: Some(hashed(agreed(30)).project),
                 ..PathInput::default()
             },
         ),
@@ -128,7 +140,7 @@ pub fn run(out: &mut impl Write) -> anyhow::Result<()> {
         "unionsync demo: one sync of a scripted day of edits on both sides\n"
     )?;
     write!(out, "{plan}")?;
-    let conflicts: Vec<String> = plan.conflicts().map(|(p, _)| p.to_string()).collect();
+    let conflicts: Vec<String> = plan.conflicts().map(|p| p.to_string()).collect();
     writeln!(
         out,
         "\n{} path(s) decided, {} project step(s), {} compute step(s), conflicts kept: {}",
