@@ -55,10 +55,13 @@ pub enum ComputeIo {
         last: bool,
     },
     /// Apply the steps with compare-and-swap, using staged content; a step
-    /// whose precondition fails is deferred → [`ComputeSession::handle_applied`].
+    /// whose precondition fails is deferred. Journal every path a step
+    /// changes as changed by the sync, so a sync that never commits is
+    /// re-reported → [`ComputeSession::handle_applied`].
     Apply { ops: Vec<ComputeOp> },
     /// Durably record `epoch` and drop `paths` from the journal where their
-    /// entry is not newer than `mark` → [`ComputeSession::handle_committed`].
+    /// entry is not newer than `mark` or was made by this sync's own apply
+    /// → [`ComputeSession::handle_committed`].
     Commit {
         epoch: u64,
         mark: u64,
@@ -141,6 +144,8 @@ struct InFlight {
     sync: u64,
     mark: u64,
     reported: Vec<RelPath>,
+    /// Paths the compute side's own steps changed.
+    applied: Vec<RelPath>,
     ops: Vec<ComputeOp>,
     deferred: BTreeSet<RelPath>,
     report: SyncReport,
@@ -369,6 +374,7 @@ impl ComputeSession {
                 let paths = flight
                     .reported
                     .iter()
+                    .chain(&flight.applied)
                     .filter(|p| !flight.deferred.contains(*p))
                     .cloned()
                     .collect();
@@ -458,6 +464,7 @@ impl ComputeSession {
         };
         self.last_progress = now;
         flight.deferred.extend(deferred.iter().cloned());
+        flight.applied = upper.iter().map(|(path, _)| path.clone()).collect();
         self.transmit.push_back(Message::ComputeApplied {
             sync: flight.sync,
             deferred,

@@ -145,6 +145,10 @@ pub struct JournalEntry {
     pub seen: Option<Meta>,
     /// Bumped on every change, so a commit keeps entries changed since.
     pub seq: u64,
+    /// The last change was a sync's own step: a commit of that sync clears
+    /// it; if the commit never comes, the next sync re-reports the path
+    /// (else the base would describe an upper state that is gone).
+    pub by_sync: bool,
 }
 
 /// Why a step did not apply: its precondition no longer held. The path is
@@ -368,10 +372,15 @@ impl ComputeUnion {
     /// Journals a change of `path`; the first one since the last commit
     /// records what the lower showed.
     fn note(&mut self, lower: &Tree, path: &RelPath) {
+        self.journal_change(lower, path, false);
+    }
+
+    fn journal_change(&mut self, lower: &Tree, path: &RelPath, by_sync: bool) {
         self.seq += 1;
         let seq = self.seq;
         if let Some(entry) = self.journal.get_mut(path) {
             entry.seq = seq;
+            entry.by_sync = by_sync;
             return;
         }
         let seen = match self.get(lower, path) {
@@ -379,7 +388,7 @@ impl ComputeUnion {
             _ => None,
         };
         self.journal
-            .insert(path.clone(), JournalEntry { seen, seq });
+            .insert(path.clone(), JournalEntry { seen, seq, by_sync });
     }
 
     /// The upper's state of `path`: an entry, a whiteout, or nothing.
@@ -418,10 +427,15 @@ impl ComputeUnion {
         (self.seq, changes)
     }
 
-    /// Drops committed paths from the journal unless changed after `mark`.
+    /// Drops committed paths from the journal unless a user changed them
+    /// after `mark`.
     pub fn commit(&mut self, mark: u64, paths: &[RelPath]) {
         for path in paths {
-            if self.journal.get(path).is_some_and(|e| e.seq <= mark) {
+            if self
+                .journal
+                .get(path)
+                .is_some_and(|e| e.seq <= mark || e.by_sync)
+            {
                 self.journal.remove(path);
             }
         }
@@ -439,14 +453,16 @@ impl ComputeUnion {
         }
     }
 
-    /// Applies one step with compare-and-swap; returns the upper's state of
-    /// the path afterwards.
+    /// Applies one step with compare-and-swap; returns the upper's state
+    /// afterwards of the path and of every ancestor the step copied up (the
+    /// base must cover all the upper holds).
     pub fn apply(
         &mut self,
         lower: &Tree,
         op: &ComputeOp,
         staged: &Staged,
-    ) -> Result<Option<Meta>, Deferred> {
+    ) -> Result<Vec<(RelPath, Option<Meta>)>, Deferred> {
+        let mut after = Vec::new();
         match op {
             ComputeOp::Remove { path, expect } => {
                 expect_node(&self.upper, path, Some(expect), self.hashes)?;
@@ -460,6 +476,11 @@ impl ComputeUnion {
             }
             ComputeOp::Take { path, meta, expect } => {
                 expect_node(&self.upper, path, expect.as_ref(), self.hashes)?;
+                // Replacing a directory the user filled since the plan would
+                // orphan its children (a real rename fails likewise).
+                if !meta.is_dir() && !descendants_in(&self.upper, path).is_empty() {
+                    return Err(Deferred(format!("{path}: upper directory not empty")));
+                }
                 let ctime = self.tick();
                 let node = node_from(meta, path, staged, ctime)
                     .ok_or_else(|| Deferred(format!("{path}: content not received")))?;
@@ -470,7 +491,10 @@ impl ComputeUnion {
                 for a in ancestors {
                     match self.get(lower, &a) {
                         Some((dir, _)) if dir.is_dir() => {
-                            self.upper.entry(a).or_insert(dir);
+                            if !self.upper.contains_key(&a) {
+                                after.push((a.clone(), Some(dir.meta(self.hashes))));
+                                self.upper.insert(a, dir);
+                            }
                         }
                         _ => return Err(Deferred(format!("{path}: ancestor {a} not visible"))),
                     }
@@ -479,7 +503,14 @@ impl ComputeUnion {
                 self.upper.insert(path.clone(), node);
             }
         }
-        Ok(self.upper.get(op.path()).map(|n| n.meta(self.hashes)))
+        after.push((
+            op.path().clone(),
+            self.upper.get(op.path()).map(|n| n.meta(self.hashes)),
+        ));
+        for (path, _) in &after {
+            self.journal_change(lower, path, true);
+        }
+        Ok(after)
     }
 }
 

@@ -144,7 +144,7 @@ impl Pair {
                 let (mut deferred, mut after) = (Vec::new(), Vec::new());
                 for op in &ops {
                     match self.union.apply(&self.home.tree, op, &staged) {
-                        Ok(m) => after.push((op.path().clone(), m)),
+                        Ok(m) => after.extend(m),
                         Err(Deferred(_)) => deferred.push(op.path().clone()),
                     }
                 }

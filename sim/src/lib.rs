@@ -206,6 +206,7 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> Outcome {
             .map(|id| (id, (ComputeUnion::new(hashes), 0)))
             .collect(),
         violations: Vec::new(),
+        steps: Vec::new(),
     }));
     let log: SharedLog = Rc::new(RefCell::new(Log {
         keep: options.trace,
@@ -262,6 +263,12 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> Outcome {
     };
 
     let mut log = log.take();
+    if options.trace {
+        log.lines.push("-- steps applied, in order:".into());
+        log.lines
+            .extend(std::mem::take(&mut disks.borrow_mut().steps));
+        log.lines.extend(dump(&disks.borrow()));
+    }
     let failure = result.err().or(log.failure.take());
     let violations = std::mem::take(&mut disks.borrow_mut().violations);
     let failure = failure.or_else(|| violations.first().cloned());
@@ -403,7 +410,21 @@ fn snapshot(disks: &Disks) -> Snapshot {
     for (id, (union, _)) in &disks.computes {
         for path in union.journal.keys() {
             touched.insert(path.clone());
-            if let Some(node) = union.upper.get(path).filter(|n| n.content != Content::Dir) {
+            // Content the project already has was delivered (the sync that
+            // carries it may not have committed yet): other users saw it and
+            // may rightly have changed it since.
+            let delivered = |node: &Node| {
+                disks
+                    .project
+                    .tree
+                    .get(path)
+                    .is_some_and(|n| n.same_as(node))
+            };
+            if let Some(node) = union
+                .upper
+                .get(path)
+                .filter(|n| n.content != Content::Dir && !delivered(n))
+            {
                 compute_writes.push((*id, path.clone(), node.clone()));
             }
         }
@@ -430,6 +451,9 @@ async fn driver(
 ) -> turmoil::Result {
     while turmoil::elapsed() < options.mutate_for {
         tokio::time::sleep(Duration::from_millis(rng.random_range(20..800))).await;
+        if turmoil::elapsed() >= options.mutate_for {
+            break;
+        }
         let actor = rng.random_range(0..=options.computes);
         let mutation = random_mutation(&mut rng);
         let mut d = disks.borrow_mut();
@@ -532,4 +556,34 @@ fn check_invariants(disks: &Disks, snap: &Snapshot) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The final state of every disk, for `--trace`.
+fn dump(disks: &Disks) -> Vec<String> {
+    let mut lines = vec!["-- project home:".to_string()];
+    for (path, node) in &disks.project.tree {
+        lines.push(format!("  {path}: {}", node.meta(disks.project.hashes)));
+    }
+    for (id, (union, epoch)) in &disks.computes {
+        lines.push(format!("-- compute-{id} (epoch {epoch}):"));
+        for (path, node) in &union.upper {
+            lines.push(format!("  upper {path}: {}", node.meta(union.hashes)));
+        }
+        for path in &union.whiteouts {
+            lines.push(format!("  whiteout {path}"));
+        }
+        for (path, entry) in &union.journal {
+            lines.push(format!("  journal {path}: {entry:?}"));
+        }
+        if let Some((epoch, base)) = disks.bases.get(id) {
+            lines.push(format!("  project-side base epoch {epoch}:"));
+            for (path, entry) in base {
+                lines.push(format!(
+                    "    base {path}: compute {} / project {}",
+                    entry.compute, entry.project
+                ));
+            }
+        }
+    }
+    lines
 }

@@ -25,6 +25,8 @@ pub struct Disks {
     pub computes: BTreeMap<u64, (ComputeUnion, u64)>,
     /// Structural violations seen while applying (checked at the end).
     pub violations: Vec<String>,
+    /// Every step applied or deferred, for `--trace` (not hashed).
+    pub steps: Vec<String>,
 }
 
 pub type SharedDisks = Rc<RefCell<Disks>>;
@@ -142,8 +144,18 @@ impl ProjectStore for SimProjectStore {
                 continue;
             }
             match disks.project.apply(compute_id, op, &staged) {
-                Ok(after) => applied.after.push((op.path().clone(), after)),
-                Err(Deferred(_)) => applied.deferred.push(op.path().clone()),
+                Ok(after) => {
+                    disks
+                        .steps
+                        .push(format!("project for compute-{compute_id}: {op}"));
+                    applied.after.push((op.path().clone(), after))
+                }
+                Err(Deferred(why)) => {
+                    disks.steps.push(format!(
+                        "project for compute-{compute_id}: deferred {op}: {why}"
+                    ));
+                    applied.deferred.push(op.path().clone())
+                }
             }
         }
         Ok(applied)
@@ -247,16 +259,29 @@ impl ComputeStore for SimComputeStore {
 
     async fn apply(&mut self, ops: &[ComputeOp]) -> StoreResult<Applied> {
         let staged = std::mem::take(&mut self.staged);
-        Ok(self.with_union(|union, project| {
-            let mut applied = Applied::default();
-            for op in ops {
-                match union.apply(&project.tree, op, &staged) {
-                    Ok(after) => applied.after.push((op.path().clone(), after)),
-                    Err(Deferred(_)) => applied.deferred.push(op.path().clone()),
+        let id = self.id;
+        let mut disks = self.disks.borrow_mut();
+        let Disks {
+            project,
+            computes,
+            steps,
+            ..
+        } = &mut *disks;
+        let (union, _) = computes.get_mut(&id).expect("compute disk exists");
+        let mut applied = Applied::default();
+        for op in ops {
+            match union.apply(&project.tree, op, &staged) {
+                Ok(after) => {
+                    steps.push(format!("compute-{id}: {op}"));
+                    applied.after.extend(after)
+                }
+                Err(Deferred(why)) => {
+                    steps.push(format!("compute-{id}: deferred {op}: {why}"));
+                    applied.deferred.push(op.path().clone())
                 }
             }
-            applied
-        }))
+        }
+        Ok(applied)
     }
 
     async fn commit(&mut self, epoch: u64, mark: u64, paths: &[RelPath]) -> StoreResult<()> {
