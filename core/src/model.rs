@@ -403,19 +403,24 @@ impl ComputeUnion {
     }
 
     /// What the compute side sends: journaled paths (or, `full`, every
-    /// upper entry and whiteout), and the journal mark for the commit. A
-    /// journaled path with neither entry nor whiteout (created and removed
-    /// again) is reported deleted.
+    /// upper entry and whiteout) with every ancestor the upper holds, and
+    /// the journal mark for the commit. A journaled path with neither entry
+    /// nor whiteout (created and removed again) is reported deleted.
+    /// Ancestors go along because only the compute side knows for sure what
+    /// its upper holds: a project-side base can lag behind it after a sync
+    /// that never committed.
     pub fn changes(&self, full: bool) -> (u64, Vec<Change>) {
-        let paths: BTreeSet<&RelPath> = if full {
-            self.upper
-                .keys()
-                .chain(&self.whiteouts)
-                .chain(self.journal.keys())
-                .collect()
+        let mut paths: BTreeSet<&RelPath> = if full {
+            self.upper.keys().chain(&self.whiteouts).chain(self.journal.keys()).collect()
         } else {
             self.journal.keys().collect()
         };
+        let ancestors: Vec<&RelPath> = paths
+            .iter()
+            .flat_map(|p| p.ancestors())
+            .filter_map(|a| self.upper.get_key_value(&a).map(|(k, _)| k))
+            .collect();
+        paths.extend(ancestors);
         let changes = paths
             .into_iter()
             .map(|path| Change {

@@ -38,8 +38,9 @@ pub struct Applied {
 pub trait ComputeStore {
     /// The last committed epoch (0: none).
     async fn load_epoch(&mut self) -> StoreResult<u64>;
-    /// Journaled changes (or, `full`, every upper entry and whiteout) and a
-    /// mark that [`ComputeStore::commit`] gets back.
+    /// Journaled changes (or, `full`, every upper entry and whiteout), with
+    /// every ancestor of those that the upper holds, and a mark that
+    /// [`ComputeStore::commit`] gets back.
     async fn collect_changes(&mut self, full: bool) -> StoreResult<(u64, Vec<Change>)>;
     async fn hashes(
         &mut self,
