@@ -477,6 +477,11 @@ impl ComputeUnion {
                 self.upper.remove(path);
             }
             ComputeOp::DropWhiteout { path } => {
+                // The plan saw a whiteout; the user may have created the
+                // path again since.
+                if self.upper.contains_key(path) {
+                    return Err(Deferred(format!("{path}: recreated since the plan")));
+                }
                 self.whiteouts.remove(path);
             }
             ComputeOp::Take { path, meta, expect } => {

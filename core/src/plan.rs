@@ -57,7 +57,8 @@ pub enum ProjectOp {
 pub enum ComputeOp {
     /// Remove the upper entry (never recursive).
     Remove { path: RelPath, expect: Meta },
-    /// Drop a whiteout: the project no longer has the path either.
+    /// Drop a whiteout: the project no longer has the path either. Deferred
+    /// when the upper holds the path again (recreated since the plan).
     DropWhiteout { path: RelPath },
     /// Make the union show the project's state: fetch it into the upper (or
     /// drop the upper entry and let the lower show through). `expect` is the

@@ -24,7 +24,7 @@ impl From<std::io::Error> for StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Result of applying one side's steps: the paths deferred (a precondition
-/// did not hold) and the state after of every path a step touched —
+/// did not hold) and the state after of every path a step changed —
 /// including, on the compute side, ancestors a step copied into the upper,
 /// so the base covers everything the upper holds.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
