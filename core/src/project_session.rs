@@ -532,6 +532,17 @@ impl ProjectSession {
         self.last_progress = now;
         flight.deferred.extend(deferred);
         flight.deferred.extend(flight.skipped.iter().cloned());
+        // Preserving a loser leaves the path as it was: only steps that
+        // change a path say what it holds now.
+        let changed: BTreeSet<&RelPath> = flight
+            .plan
+            .project_ops
+            .iter()
+            .filter(|op| !matches!(op, ProjectOp::PreserveConflict { .. }))
+            .map(ProjectOp::path)
+            .collect();
+        let after: Vec<(RelPath, Option<Meta>)> =
+            after.into_iter().filter(|(p, _)| changed.contains(p)).collect();
         flight.project_after.extend(after);
         let files: Vec<(RelPath, Meta)> = flight
             .plan

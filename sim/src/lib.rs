@@ -495,7 +495,7 @@ async fn driver(
     Ok(())
 }
 
-/// Every compute server completed a sync that moved nothing, after the
+/// Every compute server completed two syncs that moved nothing, after the
 /// last sync of any server that moved something and after healing.
 fn quiescent(log: &Log, healed: Duration, computes: u64) -> bool {
     let last_move = log
@@ -506,10 +506,14 @@ fn quiescent(log: &Log, healed: Duration, computes: u64) -> bool {
         .max()
         .unwrap_or_default()
         .max(healed);
+    // Two: the second began after the first ended, so after `last_move`
+    // (a sync that ends after it may have been planned before it).
     (1..=computes).all(|id| {
         log.syncs
             .iter()
-            .any(|(t, c, moved)| *c == id && !moved && *t > last_move)
+            .filter(|(t, c, moved)| *c == id && !moved && *t > last_move)
+            .count()
+            >= 2
     })
 }
 

@@ -169,6 +169,15 @@ impl ProjectStore for SimProjectStore {
         updates: &[(RelPath, Option<BaseEntry>)],
     ) -> StoreResult<()> {
         let mut disks = self.disks.borrow_mut();
+        let summary: Vec<String> = updates
+            .iter()
+            .map(|(p, e)| format!("{p}{}", if e.is_some() { "" } else { " (dropped)" }))
+            .collect();
+        disks.steps.push(format!(
+            "project base for compute-{compute_id}: epoch {epoch}{} {}",
+            if replace { " replace" } else { "" },
+            summary.join(", ")
+        ));
         let (stored_epoch, base) = disks.bases.entry(compute_id).or_default();
         if replace {
             base.clear();
