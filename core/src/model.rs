@@ -411,7 +411,11 @@ impl ComputeUnion {
     /// that never committed.
     pub fn changes(&self, full: bool) -> (u64, Vec<Change>) {
         let mut paths: BTreeSet<&RelPath> = if full {
-            self.upper.keys().chain(&self.whiteouts).chain(self.journal.keys()).collect()
+            self.upper
+                .keys()
+                .chain(&self.whiteouts)
+                .chain(self.journal.keys())
+                .collect()
         } else {
             self.journal.keys().collect()
         };

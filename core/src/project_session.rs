@@ -541,8 +541,10 @@ impl ProjectSession {
             .filter(|op| !matches!(op, ProjectOp::PreserveConflict { .. }))
             .map(ProjectOp::path)
             .collect();
-        let after: Vec<(RelPath, Option<Meta>)> =
-            after.into_iter().filter(|(p, _)| changed.contains(p)).collect();
+        let after: Vec<(RelPath, Option<Meta>)> = after
+            .into_iter()
+            .filter(|(p, _)| changed.contains(p))
+            .collect();
         flight.project_after.extend(after);
         let files: Vec<(RelPath, Meta)> = flight
             .plan

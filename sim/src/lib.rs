@@ -195,6 +195,14 @@ fn random_mutation(rng: &mut SmallRng) -> Mutation {
     }
 }
 
+/// A mutation for the trace, with file contents as their length.
+fn describe(mutation: &Mutation) -> String {
+    match mutation {
+        Mutation::Write(path, data) => format!("write {path} ({} bytes)", data.len()),
+        other => format!("{other:?}"),
+    }
+}
+
 /// Runs one seed to completion and checks the invariants.
 pub fn run_seed(seed: u64, options: &SimOptions) -> Outcome {
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -420,10 +428,15 @@ fn snapshot(disks: &Disks) -> Snapshot {
                     .get(path)
                     .is_some_and(|n| n.same_as(node))
             };
+            // Rewriting what the base already holds (same hash) is no change.
+            let unchanged = |node: &Node| {
+                let base = disks.bases.get(id).and_then(|(_, base)| base.get(path));
+                base.is_some_and(|b| !node.meta(union.hashes).changed_since(&b.compute))
+            };
             if let Some(node) = union
                 .upper
                 .get(path)
-                .filter(|n| n.content != Content::Dir && !delivered(n))
+                .filter(|n| n.content != Content::Dir && !delivered(n) && !unchanged(n))
             {
                 compute_writes.push((*id, path.clone(), node.clone()));
             }
@@ -468,8 +481,10 @@ async fn driver(
         } else {
             continue;
         }
-        log.borrow_mut()
-            .record(turmoil::elapsed(), format!("mutate {actor} {mutation:?}"));
+        log.borrow_mut().record(
+            turmoil::elapsed(),
+            format!("mutate {actor} {}", describe(&mutation)),
+        );
     }
     // Users stop; every fault heals at `mutate_for`.
     let snap = snapshot(&disks.borrow());
