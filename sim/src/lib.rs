@@ -428,10 +428,15 @@ fn snapshot(disks: &Disks) -> Snapshot {
                     .get(path)
                     .is_some_and(|n| n.same_as(node))
             };
-            // Rewriting what the base already holds (same hash) is no change.
+            // Rewriting what the base or the lower already held (same hash)
+            // is no change.
             let unchanged = |node: &Node| {
+                let hash = node.meta(true).hash;
                 let base = disks.bases.get(id).and_then(|(_, base)| base.get(path));
-                base.is_some_and(|b| !node.meta(union.hashes).changed_since(&b.compute))
+                let seen = union.journal.get(path).and_then(|e| e.seen.as_ref());
+                base.is_some_and(|b| {
+                    b.compute.hash == hash || !node.meta(union.hashes).changed_since(&b.compute)
+                }) || seen.is_some_and(|s| s.hash == hash)
             };
             if let Some(node) = union
                 .upper
