@@ -123,7 +123,7 @@ impl Meta {
     ///
     /// A directory changes only by kind or mode (its children are paths of
     /// their own); a symlink by its target; a file by mode, size, or content
-    /// (the hash when both are known, else the mtime and ctime).
+    /// (a differing hash, the mtime or the ctime).
     pub fn changed_since(&self, earlier: &Meta) -> bool {
         if self.kind != earlier.kind {
             return true;
@@ -135,10 +135,14 @@ impl Meta {
                 if self.perm() != earlier.perm() || self.size != earlier.size {
                     return true;
                 }
-                match (self.hash, earlier.hash) {
-                    (Some(now), Some(then)) => now != then,
-                    _ => self.mtime_ns != earlier.mtime_ns || self.ctime_ns != earlier.ctime_ns,
-                }
+                // Equal hashes do not make a rewrite "no change": a file
+                // deleted and created again with the same bytes is a new
+                // file another side may have decided about.
+                let content_differs =
+                    matches!((self.hash, earlier.hash), (Some(a), Some(b)) if a != b);
+                content_differs
+                    || self.mtime_ns != earlier.mtime_ns
+                    || self.ctime_ns != earlier.ctime_ns
             }
         }
     }
@@ -237,10 +241,11 @@ mod tests {
     }
 
     #[test]
-    fn a_touch_is_no_change_when_hashes_agree() {
+    fn a_rewrite_with_the_same_bytes_is_still_a_change() {
         let then = Meta::file(0o644, 3, 1).with_hash(H1);
-        assert!(!Meta::file(0o644, 3, 9).with_hash(H1).changed_since(&then));
+        assert!(Meta::file(0o644, 3, 9).with_hash(H1).changed_since(&then));
         assert!(Meta::file(0o644, 3, 1).with_hash(H2).changed_since(&then));
+        assert!(!Meta::file(0o644, 3, 1).with_hash(H1).changed_since(&then));
     }
 
     #[test]

@@ -44,7 +44,8 @@ use unionsync_core::model::{
     check_union_matches, ComputeUnion, Content, Mutation, Node, ProjectHome,
 };
 use unionsync_core::{
-    ComputeConfig, ComputeEvent, ComputeSession, ProjectConfig, ProjectEvent, RelPath, Timing,
+    ComputeConfig, ComputeEvent, ComputeSession, ProjectConfig, ProjectEvent, RelPath, Sameness,
+    Timing,
 };
 
 use crate::store::{Disks, SharedDisks, SimComputeStore, SimProjectStore};
@@ -428,20 +429,21 @@ fn snapshot(disks: &Disks) -> Snapshot {
                     .get(path)
                     .is_some_and(|n| n.same_as(node))
             };
-            // Rewriting what the base or the lower already held (same hash)
-            // is no change.
-            let unchanged = |node: &Node| {
-                let hash = node.meta(true).hash;
+            // Content equal to what this side last agreed on or saw is no
+            // new write: the other sides decided about exactly these bytes.
+            let known = |node: &Node| {
+                let meta = node.meta(true);
                 let base = disks.bases.get(id).and_then(|(_, base)| base.get(path));
                 let seen = union.journal.get(path).and_then(|e| e.seen.as_ref());
-                base.is_some_and(|b| {
-                    b.compute.hash == hash || !node.meta(union.hashes).changed_since(&b.compute)
-                }) || seen.is_some_and(|s| s.hash == hash)
+                base.map(|b| &b.compute)
+                    .into_iter()
+                    .chain(seen)
+                    .any(|m| meta.same_content(m) == Sameness::Same)
             };
             if let Some(node) = union
                 .upper
                 .get(path)
-                .filter(|n| n.content != Content::Dir && !delivered(n) && !unchanged(n))
+                .filter(|n| n.content != Content::Dir && !delivered(n) && !known(n))
             {
                 compute_writes.push((*id, path.clone(), node.clone()));
             }
