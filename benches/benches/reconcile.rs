@@ -87,7 +87,8 @@ fn file_input(i: usize, n: usize, variant: Variant) -> PathInput {
         Variant::OneChanged => i == n / 2,
         Variant::AllChanged => true,
     };
-    let project_changed = matches!(variant, Variant::AllChanged) && i % CONFLICT_EVERY == 0;
+    let project_changed =
+        matches!(variant, Variant::AllChanged) && i.is_multiple_of(CONFLICT_EVERY);
     let compute = if compute_changed {
         file_meta(size + 17, base_compute.mtime_ns + LATER)
     } else {

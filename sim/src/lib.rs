@@ -216,6 +216,7 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> Outcome {
             .collect(),
         violations: Vec::new(),
         steps: Vec::new(),
+        delivered: Vec::new(),
     }));
     let log: SharedLog = Rc::new(RefCell::new(Log {
         keep: options.trace,
@@ -417,17 +418,24 @@ fn snapshot(disks: &Disks) -> Snapshot {
     let mut compute_writes = Vec::new();
     let mut touched = BTreeSet::new();
     for (id, (union, _)) in &disks.computes {
-        for path in union.journal.keys() {
+        for (path, entry) in &union.journal {
             touched.insert(path.clone());
-            // Content the project already has was delivered (the sync that
-            // carries it may not have committed yet): other users saw it and
-            // may rightly have changed it since.
+            if entry.by_sync {
+                continue; // a copy a sync put there, not a user's write
+            }
+            // Content the project already received (the sync that carried
+            // it may not have committed yet): other users saw it and may
+            // rightly have changed it since.
             let delivered = |node: &Node| {
                 disks
                     .project
                     .tree
                     .get(path)
                     .is_some_and(|n| n.same_as(node))
+                    || disks
+                        .delivered
+                        .iter()
+                        .any(|(c, p, n)| c == id && p == path && n.same_as(node))
             };
             // Content equal to what this side last agreed on or saw is no
             // new write: the other sides decided about exactly these bytes.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use unionsync::store::{Applied, ComputeStore, ProjectStore, StoreResult};
-use unionsync_core::model::{ComputeUnion, Deferred, ProjectHome, Staged};
+use unionsync_core::model::{ComputeUnion, Deferred, Node, ProjectHome, Staged};
 use unionsync_core::{BaseEntry, Change, ComputeOp, ContentHash, Meta, ProjectOp, RelPath};
 
 /// Everything durable in the simulated world.
@@ -27,6 +27,9 @@ pub struct Disks {
     pub violations: Vec<String>,
     /// Every step applied or deferred, for `--trace` (not hashed).
     pub steps: Vec<String>,
+    /// Compute content that reached the project: (compute id, path, node).
+    /// Once delivered, other users may rightly change or delete it.
+    pub delivered: Vec<(u64, RelPath, Node)>,
 }
 
 pub type SharedDisks = Rc<RefCell<Disks>>;
@@ -148,6 +151,9 @@ impl ProjectStore for SimProjectStore {
                     disks
                         .steps
                         .push(format!("project for compute-{compute_id}: {op}"));
+                    if let Some(node) = disks.project.tree.get(op.path()).cloned() {
+                        disks.delivered.push((compute_id, op.path().clone(), node));
+                    }
                     applied.after.push((op.path().clone(), after))
                 }
                 Err(Deferred(why)) => {
