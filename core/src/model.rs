@@ -251,6 +251,15 @@ impl ProjectHome {
             .collect()
     }
 
+    /// Whether `node` survives here: at `path` in the tree, or preserved
+    /// for `path` in the conflicts area (by `compute_id`, if given).
+    pub fn keeps(&self, compute_id: Option<u64>, path: &RelPath, node: &Node) -> bool {
+        self.tree.get(path).is_some_and(|n| n.same_as(node))
+            || self.conflicts.iter().any(|(c, p, n)| {
+                compute_id.is_none_or(|id| *c == id) && p == path && n.same_as(node)
+            })
+    }
+
     /// A file's content if it still matches what the plan saw.
     pub fn read(&self, path: &RelPath, expect: &Meta) -> Option<Vec<u8>> {
         read_matching(&self.tree, path, expect, self.hashes)
@@ -955,17 +964,7 @@ pub fn check_project_wins(record: &SyncRecord, world: &World) -> Result<(), Stri
 /// (a push of an unchanged path) is untouched.
 pub fn check_nothing_lost(record: &SyncRecord, world: &World) -> Result<(), String> {
     for (path, node) in &record.compute_writes {
-        let in_project = world
-            .project
-            .tree
-            .get(path)
-            .is_some_and(|n| n.same_as(node));
-        let preserved = world
-            .project
-            .conflicts
-            .iter()
-            .any(|(_, p, n)| p == path && n.same_as(node));
-        if !in_project && !preserved {
+        if !world.project.keeps(None, path, node) {
             return Err(format!(
                 "{path}: compute wrote {node:?}, now neither in project nor conflicts"
             ));

@@ -130,7 +130,14 @@ impl Pair {
                 let mut skipped = Vec::new();
                 for (path, meta) in files {
                     match self.union.read(&path, &meta) {
-                        Some(data) => send_chunks(&mut self.project, now, &path, &data),
+                        Some(data) => {
+                            let sync = self.compute.current_sync();
+                            for frame in file_frames(sync, &path, &data) {
+                                self.project
+                                    .handle_message(now, frame)
+                                    .expect("project accepts the data");
+                            }
+                        }
                         None => skipped.push(path),
                     }
                 }
@@ -209,7 +216,14 @@ impl Pair {
                 let mut skipped = Vec::new();
                 for (path, meta) in files {
                     match self.home.read(&path, &meta) {
-                        Some(data) => send_chunks(&mut self.compute, now, &path, &data),
+                        Some(data) => {
+                            let sync = self.project.current_sync();
+                            for frame in file_frames(sync, &path, &data) {
+                                self.compute
+                                    .handle_message(now, frame)
+                                    .expect("compute accepts the data");
+                            }
+                        }
                         None => skipped.push(path),
                     }
                 }
@@ -241,53 +255,24 @@ impl Pair {
     }
 }
 
-/// Delivers a file as `FileData` chunks directly to the receiving session.
-fn send_chunks<S: Receiver>(to: &mut S, now: Instant, path: &RelPath, data: &[u8]) {
+/// A file as the `FileData` frames a sender cuts it into.
+fn file_frames(sync: u64, path: &RelPath, data: &[u8]) -> Vec<Message> {
     let chunks: Vec<&[u8]> = if data.is_empty() {
         vec![&[][..]]
     } else {
         data.chunks(CHUNK).collect()
     };
     let n = chunks.len();
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        to.receive(now, path.clone(), chunk.to_vec(), i + 1 == n);
-    }
-}
-
-trait Receiver {
-    fn receive(&mut self, now: Instant, path: RelPath, data: Vec<u8>, last: bool);
-}
-
-impl Receiver for ProjectSession {
-    fn receive(&mut self, now: Instant, path: RelPath, data: Vec<u8>, last: bool) {
-        let sync = self.current_sync();
-        self.handle_message(
-            now,
-            Message::FileData {
-                sync,
-                path,
-                data,
-                last,
-            },
-        )
-        .expect("project accepts the data");
-    }
-}
-
-impl Receiver for ComputeSession {
-    fn receive(&mut self, now: Instant, path: RelPath, data: Vec<u8>, last: bool) {
-        let sync = self.current_sync();
-        self.handle_message(
-            now,
-            Message::FileData {
-                sync,
-                path,
-                data,
-                last,
-            },
-        )
-        .expect("compute accepts the data");
-    }
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| Message::FileData {
+            sync,
+            path: path.clone(),
+            data: chunk.to_vec(),
+            last: i + 1 == n,
+        })
+        .collect()
 }
 
 #[test]

@@ -559,17 +559,7 @@ fn check_invariants(disks: &Disks, snap: &Snapshot) -> Result<(), String> {
         return Err(format!("reserved path {path} in the project tree"));
     }
     for (id, path, node) in &snap.compute_writes {
-        let in_project = disks
-            .project
-            .tree
-            .get(path)
-            .is_some_and(|n| n.same_as(node));
-        let preserved = disks
-            .project
-            .conflicts
-            .iter()
-            .any(|(c, p, n)| c == id && p == path && n.same_as(node));
-        if !in_project && !preserved {
+        if !disks.project.keeps(Some(*id), path, node) {
             return Err(format!("compute-{id} wrote {path} ({node:?}): lost"));
         }
     }
