@@ -14,8 +14,13 @@
 //! simulation (`unionsync-sim`) runs this very code over simulated network
 //! and in-memory trees.
 
+pub mod beneath;
 pub mod compute_agent;
+pub mod compute_disk;
+pub mod persist;
+pub mod project_disk;
 pub mod project_server;
+pub mod staging;
 pub mod store;
 pub mod transport;
 

@@ -1,0 +1,516 @@
+//! Filesystem access confined to one directory tree.
+//!
+//! Every path is a validated [`RelPath`] resolved beneath a [`Root`] with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`: a symlink anywhere on
+//! the way (planted by a peer or swapped in by a user mid-sync) makes the
+//! operation fail instead of leaving the tree. The last component is always
+//! acted on with `*at` calls relative to its parent and `NOFOLLOW`, so a
+//! symlink is itself an entry (stat, read its target, remove, replace) and
+//! never a way out.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{
+    self as rfs, AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Timespec, Timestamps, UTIME_OMIT,
+};
+use rustix::io::Errno;
+use unionsync_core::{ContentHash, Kind, Meta, RelPath, PERM_MASK};
+
+/// An open directory that every operation stays beneath.
+#[derive(Debug)]
+pub struct Root {
+    dir: OwnedFd,
+    path: PathBuf,
+}
+
+/// Directory and file descriptors are plain `O_CLOEXEC` opens beneath the
+/// root; symlinks, `..` escapes and magic links refuse to resolve.
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+fn os(bytes: &[u8]) -> &OsStr {
+    OsStr::from_bytes(bytes)
+}
+
+/// "Not there" as a tree sees it: missing, or an ancestor that is not a
+/// directory (a file or a symlink, which resolution refuses with ELOOP/EXDEV).
+pub fn is_absent(error: &io::Error) -> bool {
+    matches!(
+        Errno::from_io_error(error),
+        Some(Errno::NOENT | Errno::NOTDIR | Errno::LOOP | Errno::XDEV)
+    )
+}
+
+fn absent_as_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if is_absent(&error) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// The metadata of a stat, with the target for a symlink.
+fn meta_of(stat: &rfs::Stat, target: Option<Vec<u8>>) -> Meta {
+    let kind = match (rfs::FileType::from_raw_mode(stat.st_mode), target) {
+        (rfs::FileType::Directory, _) => Kind::Dir,
+        (rfs::FileType::Symlink, Some(target)) => Kind::Symlink { target },
+        _ => Kind::File,
+    };
+    let ns = |secs: i64, nsec: u64| {
+        secs.saturating_mul(1_000_000_000)
+            .saturating_add(nsec as i64)
+    };
+    Meta {
+        size: if kind == Kind::Dir {
+            0
+        } else {
+            stat.st_size as u64
+        },
+        kind,
+        mode: stat.st_mode & PERM_MASK,
+        mtime_ns: ns(stat.st_mtime, stat.st_mtime_nsec as u64),
+        ctime_ns: ns(stat.st_ctime, stat.st_ctime_nsec as u64),
+        hash: None,
+    }
+}
+
+fn is_special(stat: &rfs::Stat) -> bool {
+    !matches!(
+        rfs::FileType::from_raw_mode(stat.st_mode),
+        rfs::FileType::RegularFile | rfs::FileType::Directory | rfs::FileType::Symlink
+    )
+}
+
+fn timespec(ns: i64) -> Timespec {
+    Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+    }
+}
+
+/// Hashes everything `reader` yields (BLAKE3).
+pub fn hash_reader(mut reader: impl Read) -> io::Result<ContentHash> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(ContentHash(*hasher.finalize().as_bytes())),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Root {
+    /// Opens an existing directory (it may itself be reached through
+    /// symlinks: only what lies beneath it is confined).
+    pub fn open(path: &Path) -> io::Result<Root> {
+        let dir = rfs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Root {
+            dir,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Creates the directory (and its parents) if needed, then opens it.
+    pub fn create(path: &Path) -> io::Result<Root> {
+        std::fs::create_dir_all(path)?;
+        Root::open(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory `dir` (the root itself for `None`).
+    fn dir_fd(&self, dir: Option<&[u8]>) -> io::Result<OwnedFd> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        match dir {
+            None => Ok(rfs::openat2(&self.dir, ".", flags, Mode::empty(), RESOLVE)?),
+            Some(dir) => Ok(rfs::openat2(
+                &self.dir,
+                os(dir),
+                flags,
+                Mode::empty(),
+                RESOLVE,
+            )?),
+        }
+    }
+
+    /// The parent directory of `path` and the last component's name.
+    fn parent<'p>(&self, path: &'p RelPath) -> io::Result<(OwnedFd, &'p OsStr)> {
+        Ok((self.dir_fd(path.parent_bytes())?, os(path.file_name())))
+    }
+
+    /// A subdirectory as a root of its own (created with its parents when
+    /// `create`).
+    pub fn subdir(&self, path: &RelPath, create: bool) -> io::Result<Root> {
+        if create {
+            self.mkdir_all(path)?;
+        }
+        let dir = self.dir_fd(Some(path.as_bytes()))?;
+        let mut full = self.path.clone();
+        full.push(os(path.as_bytes()));
+        Ok(Root { dir, path: full })
+    }
+
+    /// The entry at `path` (a symlink is itself the entry); `None` when it
+    /// does not exist or something on the way is not a directory. Device
+    /// nodes, fifos and sockets are reported as empty files with no way to
+    /// read them (they never sync: reading them refuses).
+    pub fn stat(&self, path: &RelPath) -> io::Result<Option<Meta>> {
+        Ok(absent_as_none(
+            self.parent(path)
+                .and_then(|(dir, name)| stat_in(&dir, name)),
+        )?
+        .flatten())
+    }
+
+    /// Every entry beneath `dir` (the whole tree for `None`), parents before
+    /// children, skipping the reserved directory at the top. Entries that
+    /// vanish while being listed are left out.
+    pub fn walk(&self, dir: Option<&RelPath>) -> io::Result<Vec<(RelPath, Meta)>> {
+        let mut out = Vec::new();
+        let Some(fd) = absent_as_none(self.dir_fd(dir.map(RelPath::as_bytes)))? else {
+            return Ok(out);
+        };
+        self.walk_into(fd, dir, &mut out)?;
+        Ok(out)
+    }
+
+    fn walk_into(
+        &self,
+        fd: OwnedFd,
+        dir: Option<&RelPath>,
+        out: &mut Vec<(RelPath, Meta)>,
+    ) -> io::Result<()> {
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        for entry in rfs::Dir::read_from(&fd)? {
+            let name = entry?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                names.push(name);
+            }
+        }
+        names.sort();
+        for name in names {
+            let path = match dir {
+                Some(dir) => dir.join(&name),
+                None => RelPath::new(name.clone()),
+            };
+            // A name no RelPath can hold (over-long) cannot sync; skip it.
+            let Ok(path) = path else { continue };
+            if dir.is_none() && path.is_reserved() {
+                continue;
+            }
+            let Some(Some(meta)) = absent_as_none(stat_in(&fd, os(&name)))? else {
+                continue;
+            };
+            let is_dir = meta.is_dir();
+            out.push((path.clone(), meta));
+            if is_dir {
+                let child = rfs::openat2(
+                    &fd,
+                    os(&name),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    RESOLVE,
+                );
+                if let Some(child) = absent_as_none(child.map_err(io::Error::from))? {
+                    self.walk_into(child, Some(&path), out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a regular file for reading without following a symlink.
+    pub fn open_file(&self, path: &RelPath) -> io::Result<File> {
+        let (dir, name) = self.parent(path)?;
+        let fd = rfs::openat(
+            &dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )?;
+        let stat = rfs::fstat(&fd)?;
+        if rfs::FileType::from_raw_mode(stat.st_mode) != rfs::FileType::RegularFile {
+            return Err(io::Error::other(format!("{path}: not a regular file")));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// A file's content if it is still what `expect` describes and did not
+    /// change while being read (`None` otherwise: the caller defers it).
+    pub fn read_file(&self, path: &RelPath, expect: &Meta) -> io::Result<Option<Vec<u8>>> {
+        let Some(mut file) = absent_as_none(self.open_file(path))? else {
+            return Ok(None);
+        };
+        let before = meta_of(&rfs::fstat(file.as_fd())?, None);
+        if !before.matches(expect) {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(before.size.min(64 << 20) as usize);
+        file.read_to_end(&mut data)?;
+        let after = meta_of(&rfs::fstat(file.as_fd())?, None);
+        let whole = data.len() as u64 == before.size;
+        Ok((whole && after == before).then_some(data))
+    }
+
+    /// The content hash of a regular file (`None`: not a file, or gone).
+    pub fn hash(&self, path: &RelPath) -> io::Result<Option<ContentHash>> {
+        match self.stat(path)? {
+            Some(meta) if meta.kind == Kind::File => {}
+            _ => return Ok(None),
+        }
+        absent_as_none(self.open_file(path))?
+            .map(hash_reader)
+            .transpose()
+    }
+
+    pub fn mkdir(&self, path: &RelPath, mode: u32) -> io::Result<()> {
+        let (dir, name) = self.parent(path)?;
+        rfs::mkdirat(&dir, name, Mode::from_raw_mode(mode))?;
+        Ok(())
+    }
+
+    /// Creates `path` and its missing ancestors as directories (0o755).
+    pub fn mkdir_all(&self, path: &RelPath) -> io::Result<()> {
+        let mut chain: Vec<RelPath> = path.ancestors().collect();
+        chain.reverse();
+        chain.push(path.clone());
+        for dir in chain {
+            match self.mkdir(&dir, 0o755) {
+                Err(e) if Errno::from_io_error(&e) == Some(Errno::EXIST) => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a file, symlink or empty directory (never recursive).
+    pub fn remove(&self, path: &RelPath, is_dir: bool) -> io::Result<()> {
+        let (dir, name) = self.parent(path)?;
+        let flags = if is_dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        rfs::unlinkat(&dir, name, flags)?;
+        Ok(())
+    }
+
+    pub fn symlink(&self, path: &RelPath, target: &[u8]) -> io::Result<()> {
+        let (dir, name) = self.parent(path)?;
+        rfs::symlinkat(os(target), &dir, name)?;
+        Ok(())
+    }
+
+    /// Sets the permission bits of a file or directory (never through a
+    /// symlink: the entry is pinned with `O_PATH | O_NOFOLLOW` first).
+    pub fn chmod(&self, path: &RelPath, mode: u32) -> io::Result<()> {
+        let (dir, name) = self.parent(path)?;
+        let pinned = rfs::openat(
+            &dir,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        if rfs::FileType::from_raw_mode(rfs::fstat(&pinned)?.st_mode) == rfs::FileType::Symlink {
+            return Err(io::Error::other(format!("{path}: cannot chmod a symlink")));
+        }
+        // fchmod refuses O_PATH descriptors; the /proc link names the
+        // pinned inode itself, not a path that could be swapped.
+        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pinned));
+        rfs::chmod(proc.as_str(), Mode::from_raw_mode(mode & PERM_MASK))?;
+        Ok(())
+    }
+
+    /// Sets the modification time (not following a symlink).
+    pub fn set_mtime(&self, path: &RelPath, mtime_ns: i64) -> io::Result<()> {
+        let (dir, name) = self.parent(path)?;
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_OMIT,
+            },
+            last_modification: timespec(mtime_ns),
+        };
+        rfs::utimensat(&dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(())
+    }
+
+    /// Creates a new regular file (never an existing one or through a
+    /// symlink), mode 0o600 until its owner sets the real one.
+    pub fn create_file(&self, path: &RelPath) -> io::Result<File> {
+        let (dir, name) = self.parent(path)?;
+        let fd = rfs::openat(
+            &dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Moves `from` (beneath `source`, on the same filesystem) to `to`
+    /// beneath this root; with `no_replace`, fails if `to` exists.
+    pub fn rename_from(
+        &self,
+        source: &Root,
+        from: &RelPath,
+        to: &RelPath,
+        no_replace: bool,
+    ) -> io::Result<()> {
+        let (from_dir, from_name) = source.parent(from)?;
+        let (to_dir, to_name) = self.parent(to)?;
+        let flags = if no_replace {
+            RenameFlags::NOREPLACE
+        } else {
+            RenameFlags::empty()
+        };
+        rfs::renameat_with(&from_dir, from_name, &to_dir, to_name, flags)?;
+        Ok(())
+    }
+
+    /// Makes renames and creations in this directory durable.
+    pub fn fsync_dir(&self) -> io::Result<()> {
+        rfs::fsync(&self.dir)?;
+        Ok(())
+    }
+
+    /// Flushes the whole filesystem holding this root to disk: once before
+    /// a base commit instead of one fsync per file.
+    pub fn sync_filesystem(&self) -> io::Result<()> {
+        rfs::syncfs(&self.dir)?;
+        Ok(())
+    }
+}
+
+/// The entry `name` in `dir`: `Some(None)` for a special file (device,
+/// fifo, socket), which never syncs.
+fn stat_in(dir: &OwnedFd, name: &OsStr) -> io::Result<Option<Meta>> {
+    let stat = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if is_special(&stat) {
+        return Ok(None);
+    }
+    let target = if rfs::FileType::from_raw_mode(stat.st_mode) == rfs::FileType::Symlink {
+        Some(
+            rfs::readlinkat(dir, name, Vec::new())?
+                .into_bytes()
+                .to_vec(),
+        )
+    } else {
+        None
+    };
+    Ok(Some(meta_of(&stat, target)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    fn root() -> (tempfile::TempDir, Root) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        (dir, root)
+    }
+
+    #[test]
+    fn a_symlinked_directory_is_not_a_way_out() {
+        let (dir, root) = root();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        assert_eq!(root.stat(&p("link/secret")).unwrap(), None);
+        assert!(root.create_file(&p("link/new")).is_err());
+        assert!(root.mkdir(&p("link/d"), 0o755).is_err());
+        assert!(!outside.path().join("new").exists());
+        assert!(!outside.path().join("d").exists());
+    }
+
+    #[test]
+    fn a_symlink_is_an_entry_with_its_target() {
+        let (dir, root) = root();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("l")).unwrap();
+        let meta = root.stat(&p("l")).unwrap().unwrap();
+        assert_eq!(
+            meta.kind,
+            Kind::Symlink {
+                target: b"/etc/passwd".to_vec()
+            }
+        );
+        assert!(root.open_file(&p("l")).is_err());
+        assert!(root.chmod(&p("l"), 0o777).is_err());
+    }
+
+    #[test]
+    fn read_file_refuses_a_file_that_changed_since_the_plan() {
+        let (dir, root) = root();
+        std::fs::write(dir.path().join("f"), b"one").unwrap();
+        let seen = root.stat(&p("f")).unwrap().unwrap();
+        assert_eq!(
+            root.read_file(&p("f"), &seen).unwrap(),
+            Some(b"one".to_vec())
+        );
+        std::fs::write(dir.path().join("f"), b"three").unwrap();
+        assert_eq!(root.read_file(&p("f"), &seen).unwrap(), None);
+    }
+
+    #[test]
+    fn walk_lists_parents_first_and_skips_the_reserved_directory() {
+        let (dir, root) = root();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/f"), b"x").unwrap();
+        std::fs::create_dir_all(dir.path().join(".unionsync/staging")).unwrap();
+        let paths: Vec<String> = root
+            .walk(None)
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(paths, ["a", "a/b", "a/b/f"]);
+    }
+
+    #[test]
+    fn special_files_are_not_entries() {
+        let (dir, root) = root();
+        let fifo = dir.path().join("fifo");
+        rfs::mknodat(
+            rfs::CWD,
+            &fifo,
+            rfs::FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        assert_eq!(root.stat(&p("fifo")).unwrap(), None);
+        assert!(root.walk(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn chmod_and_set_mtime_show_in_stat() {
+        let (dir, root) = root();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        root.chmod(&p("f"), 0o751).unwrap();
+        root.set_mtime(&p("f"), 1_234_567_891_000).unwrap();
+        let meta = root.stat(&p("f")).unwrap().unwrap();
+        assert_eq!((meta.mode, meta.mtime_ns), (0o751, 1_234_567_891_000));
+    }
+}

@@ -1,0 +1,374 @@
+//! [`ComputeStore`] over an upper directory and a whiteouts directory (the
+//! compute side without a mount: for tests, debugging, and the recovery
+//! scan after an unclean stop).
+//!
+//! ```text
+//! <upper>/…                              the compute side's own entries
+//! <whiteouts>/<parent>/.wh.<name>        "<parent>/<name> was deleted here"
+//! <state>/compute                        epoch + what the last commit recorded
+//! <upper>/.unionsync/staging/            content received for the sync in flight
+//! ```
+//!
+//! Changes are found by a scan compared with what the last commit recorded
+//! (same machine, so `changed_since` may use mtime and ctime); the upper's
+//! state after a sync's own steps is recorded at its commit, so those steps
+//! are not reported back as changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use unionsync_core::{Change, ComputeOp, ContentHash, Meta, RelPath, Reported};
+
+use crate::beneath::{is_absent, Root};
+use crate::persist;
+use crate::staging::{deferral, finish_dirs, still_matches, Deferred, Staging, StepResult};
+use crate::store::{Applied, ComputeStore, StoreResult};
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const STATE_FILE: &str = "compute";
+
+/// Where the compute side keeps things.
+#[derive(Clone, Debug)]
+pub struct ComputeDirs {
+    pub upper: PathBuf,
+    pub whiteouts: PathBuf,
+    /// The union's lower (the project home as mounted here), if any: new
+    /// ancestors copied into the upper take their mode from it.
+    pub lower: Option<PathBuf>,
+    pub state: PathBuf,
+}
+
+impl ComputeDirs {
+    /// State under `<upper>/.unionsync/state` (reserved: never synced).
+    pub fn new(upper: &Path, whiteouts: &Path) -> ComputeDirs {
+        ComputeDirs {
+            upper: upper.to_path_buf(),
+            whiteouts: whiteouts.to_path_buf(),
+            lower: None,
+            state: upper.join(".unionsync/state"),
+        }
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct ComputeState {
+    epoch: u64,
+    recorded: Vec<(RelPath, Reported)>,
+}
+
+/// The whiteout marker of `path` inside the whiteouts directory.
+pub fn whiteout_marker(path: &RelPath) -> io::Result<RelPath> {
+    let mut name = WHITEOUT_PREFIX.to_vec();
+    name.extend_from_slice(path.file_name());
+    let marker = match path.parent() {
+        Some(parent) => parent.join(&name),
+        None => RelPath::new(name),
+    };
+    marker.map_err(|e| io::Error::other(format!("{path}: no whiteout possible: {e}")))
+}
+
+fn whiteout_of_marker(marker: &RelPath) -> Option<RelPath> {
+    let name = marker.file_name().strip_prefix(WHITEOUT_PREFIX)?;
+    match marker.parent() {
+        Some(parent) => parent.join(name).ok(),
+        None => RelPath::new(name.to_vec()).ok(),
+    }
+}
+
+pub struct DiskComputeStore {
+    upper: Root,
+    whiteouts: Root,
+    lower: Option<Root>,
+    state: Root,
+    staging: Staging,
+    epoch: u64,
+    recorded: BTreeMap<RelPath, Reported>,
+    /// The state of every path of the sync in flight: as scanned, then as a
+    /// step left it; recorded for the paths its commit names.
+    pending: BTreeMap<RelPath, Option<Reported>>,
+}
+
+impl DiskComputeStore {
+    pub fn open(dirs: &ComputeDirs) -> io::Result<DiskComputeStore> {
+        let upper = Root::create(&dirs.upper)?;
+        let state = Root::create(&dirs.state)?;
+        let saved = match persist::load::<ComputeState>(&state, STATE_FILE) {
+            Ok(saved) => saved.unwrap_or_default(),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                tracing::error!(error = %e, "unreadable compute state: full reconcile");
+                ComputeState::default()
+            }
+            Err(e) => return Err(e),
+        };
+        let staging_dir = RelPath::new(".unionsync/staging").expect("valid constant");
+        Ok(DiskComputeStore {
+            staging: Staging::new(&upper, &staging_dir)?,
+            upper,
+            whiteouts: Root::create(&dirs.whiteouts)?,
+            lower: dirs.lower.as_deref().map(Root::open).transpose()?,
+            state,
+            epoch: saved.epoch,
+            recorded: saved.recorded.into_iter().collect(),
+            pending: BTreeMap::new(),
+        })
+    }
+
+    /// Every upper entry and whiteout as it is now.
+    fn scan(&self) -> io::Result<BTreeMap<RelPath, Reported>> {
+        let mut now: BTreeMap<RelPath, Reported> = self
+            .upper
+            .walk(None)?
+            .into_iter()
+            .map(|(path, meta)| (path, Reported::Present(meta)))
+            .collect();
+        for (marker, meta) in self.whiteouts.walk(None)? {
+            if let (false, Some(path)) = (meta.is_dir(), whiteout_of_marker(&marker)) {
+                now.entry(path).or_insert(Reported::Deleted);
+            }
+        }
+        Ok(now)
+    }
+
+    /// The upper's state of one path: an entry, a whiteout, or nothing.
+    fn reported(&self, path: &RelPath) -> io::Result<Option<Reported>> {
+        if let Some(meta) = self.upper.stat(path)? {
+            return Ok(Some(Reported::Present(meta)));
+        }
+        Ok(self
+            .whiteouts
+            .stat(&whiteout_marker(path)?)?
+            .map(|_| Reported::Deleted))
+    }
+
+    fn remove_whiteout(&self, path: &RelPath) -> io::Result<()> {
+        match self.whiteouts.remove(&whiteout_marker(path)?, false) {
+            Err(e) if is_absent(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Makes every ancestor of `path` a directory in the upper (as the
+    /// lower shows it, if there is one); returns those it created.
+    fn ancestors_in_upper(&self, path: &RelPath) -> io::Result<Result<Vec<RelPath>, Deferred>> {
+        let mut chain: Vec<RelPath> = path.ancestors().collect();
+        chain.reverse();
+        let mut created = Vec::new();
+        for dir in chain {
+            match self.upper.stat(&dir)? {
+                Some(meta) if meta.is_dir() => continue,
+                Some(_) => return Ok(Err(Deferred(format!("{path}: {dir} is not a directory")))),
+                None => {}
+            }
+            if self.whiteouts.stat(&whiteout_marker(&dir)?)?.is_some() {
+                return Ok(Err(Deferred(format!("{path}: {dir} was deleted here"))));
+            }
+            let mode = match &self.lower {
+                None => 0o755,
+                Some(lower) => match lower.stat(&dir)? {
+                    Some(meta) if meta.is_dir() => meta.perm(),
+                    _ => return Ok(Err(Deferred(format!("{path}: {dir} is not visible")))),
+                },
+            };
+            if let Err(e) = self.upper.mkdir(&dir, mode) {
+                return deferral(e, &dir).map(|r| r.map(|()| Vec::new()));
+            }
+            created.push(dir);
+        }
+        Ok(Ok(created))
+    }
+
+    fn step(
+        &mut self,
+        op: &ComputeOp,
+        dirs: &mut Vec<(RelPath, u32)>,
+        copied: &mut Vec<RelPath>,
+    ) -> StepResult {
+        match op {
+            ComputeOp::Remove { path, expect } => {
+                let now = self.upper.stat(path)?;
+                if !still_matches(now.as_ref(), Some(expect)) {
+                    return Ok(Err(Deferred(format!("{path}: changed since the plan"))));
+                }
+                match self.upper.remove(path, expect.is_dir()) {
+                    Ok(()) => Ok(Ok(())),
+                    Err(e) => deferral(e, path),
+                }
+            }
+            ComputeOp::DropWhiteout { path } => {
+                if self.upper.stat(path)?.is_some() {
+                    return Ok(Err(Deferred(format!("{path}: recreated since the plan"))));
+                }
+                self.remove_whiteout(path)?;
+                Ok(Ok(()))
+            }
+            ComputeOp::Take { path, meta, expect } => {
+                match self.ancestors_in_upper(path)? {
+                    Ok(created) => copied.extend(created),
+                    Err(deferred) => return Ok(Err(deferred)),
+                }
+                let upper = &self.upper;
+                let placed =
+                    self.staging
+                        .install(upper, path, path, meta, expect.as_ref(), dirs)?;
+                if placed.is_ok() {
+                    self.remove_whiteout(path)?;
+                }
+                Ok(placed)
+            }
+        }
+    }
+}
+
+fn differs(recorded: Option<&Reported>, now: &Reported) -> bool {
+    match (recorded, now) {
+        (Some(Reported::Present(then)), Reported::Present(now)) => now.changed_since(then),
+        (Some(Reported::Deleted), Reported::Deleted) => false,
+        _ => true,
+    }
+}
+
+impl ComputeStore for DiskComputeStore {
+    async fn load_epoch(&mut self) -> StoreResult<u64> {
+        Ok(self.epoch)
+    }
+
+    async fn collect_changes(&mut self, full: bool) -> StoreResult<(u64, Vec<Change>)> {
+        self.staging.clear()?;
+        let now = self.scan()?;
+        let mut paths: BTreeSet<&RelPath> = if full {
+            now.keys().chain(self.recorded.keys()).collect()
+        } else {
+            let changed = now
+                .iter()
+                .filter(|(path, state)| differs(self.recorded.get(*path), state))
+                .map(|(path, _)| path);
+            let gone = self.recorded.keys().filter(|path| !now.contains_key(*path));
+            changed.chain(gone).collect()
+        };
+        // Ancestors go along: only this side knows for sure what its upper
+        // holds (see the model's `ComputeUnion::changes`).
+        let ancestors: Vec<&RelPath> = paths
+            .iter()
+            .flat_map(|p| p.ancestors())
+            .filter_map(|a| match now.get_key_value(&a) {
+                Some((key, Reported::Present(_))) => Some(key),
+                _ => None,
+            })
+            .collect();
+        paths.extend(ancestors);
+        self.pending = paths
+            .iter()
+            .map(|p| ((*p).clone(), now.get(*p).cloned()))
+            .collect();
+        let changes = paths
+            .into_iter()
+            .map(|path| Change {
+                path: path.clone(),
+                state: now.get(path).cloned().unwrap_or(Reported::Deleted),
+                seen: None,
+            })
+            .collect();
+        Ok((0, changes))
+    }
+
+    async fn hashes(
+        &mut self,
+        paths: &[RelPath],
+    ) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>> {
+        paths
+            .iter()
+            .map(|p| Ok((p.clone(), self.upper.hash(p)?)))
+            .collect()
+    }
+
+    async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.upper.read_file(path, expect)?)
+    }
+
+    async fn stage(&mut self, path: &RelPath, data: &[u8], last: bool) -> StoreResult<()> {
+        Ok(self.staging.receive(path, data, last)?)
+    }
+
+    async fn apply(&mut self, ops: &[ComputeOp]) -> StoreResult<Applied> {
+        let mut applied = Applied::default();
+        let mut done: Vec<RelPath> = Vec::new();
+        let mut dirs = Vec::new();
+        for op in ops {
+            let path = op.path();
+            let mut copied = Vec::new();
+            match self.step(op, &mut dirs, &mut copied)? {
+                Ok(()) => {
+                    tracing::debug!(%op, "applied");
+                    done.extend(copied);
+                    done.push(path.clone());
+                }
+                Err(Deferred(why)) => {
+                    tracing::info!(%why, "deferred to the next sync");
+                    applied.deferred.push(path.clone());
+                }
+            }
+        }
+        finish_dirs(&self.upper, &mut dirs)?;
+        self.staging.clear()?;
+        done.dedup();
+        for path in done {
+            let state = self.reported(&path)?;
+            let meta = match &state {
+                Some(Reported::Present(meta)) => Some(meta.clone()),
+                _ => None,
+            };
+            self.pending.insert(path.clone(), state);
+            applied.after.push((path, meta));
+        }
+        Ok(applied)
+    }
+
+    async fn commit(&mut self, epoch: u64, _mark: u64, paths: &[RelPath]) -> StoreResult<()> {
+        // What the recorded state describes must be on disk before it is.
+        self.upper.sync_filesystem()?;
+        for path in paths {
+            let state = match self.pending.remove(path) {
+                Some(state) => state,
+                None => self.reported(path)?,
+            };
+            match state {
+                Some(state) => self.recorded.insert(path.clone(), state),
+                None => self.recorded.remove(path),
+            };
+        }
+        self.pending.clear();
+        self.epoch = epoch;
+        let state = ComputeState {
+            epoch,
+            recorded: self
+                .recorded
+                .iter()
+                .map(|(p, s)| (p.clone(), s.clone()))
+                .collect(),
+        };
+        persist::save(&self.state, STATE_FILE, &state)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whiteout_markers_round_trip_and_keep_parents_as_directories() {
+        for path in ["a", "a/b", ".wh.x/y", "d/.wh.z"] {
+            let path = RelPath::new(path).unwrap();
+            let marker = whiteout_marker(&path).unwrap();
+            assert_eq!(marker.parent(), path.parent());
+            assert_eq!(whiteout_of_marker(&marker), Some(path));
+        }
+    }
+
+    #[test]
+    fn names_without_the_marker_prefix_are_not_whiteouts() {
+        assert_eq!(whiteout_of_marker(&RelPath::new("a/b").unwrap()), None);
+    }
+}

@@ -1,0 +1,256 @@
+//! [`ProjectStore`] over the real home directory.
+//!
+//! ```text
+//! <home>/                         the user's files (the truth)
+//! <home>/.unionsync/bases/<id>    each compute server's base (crash-safe file)
+//! <home>/.unionsync/staging/<id>/ content received for the sync in flight
+//! <home>/.unionsync/conflicts/<id>/<stamp>/<path>   every losing version
+//! ```
+//!
+//! It reads only the paths the session asks about (what the compute side
+//! reported plus what the base holds), never follows a symlink and never
+//! leaves the home ([`Root`]).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+use unionsync_core::{conflict_path, BaseEntry, ContentHash, Meta, ProjectOp, RelPath};
+
+use crate::beneath::Root;
+use crate::persist;
+use crate::staging::{deferral, finish_dirs, still_matches, Deferred, Staging, StepResult};
+use crate::store::{Applied, ProjectStore, StoreResult};
+
+#[derive(Serialize, Deserialize)]
+struct BaseFile {
+    epoch: u64,
+    entries: Vec<(RelPath, BaseEntry)>,
+}
+
+fn reserved(path: &str) -> RelPath {
+    RelPath::new(path).expect("a constant reserved path is valid")
+}
+
+/// One per connection (cloning shares the home and gives fresh staging).
+pub struct DiskProjectStore {
+    home: Rc<Root>,
+    staging: BTreeMap<u64, Staging>,
+}
+
+impl DiskProjectStore {
+    pub fn open(home: &std::path::Path) -> io::Result<DiskProjectStore> {
+        Ok(DiskProjectStore {
+            home: Rc::new(Root::open(home)?),
+            staging: BTreeMap::new(),
+        })
+    }
+
+    fn bases(&self) -> io::Result<Root> {
+        self.home.subdir(&reserved(".unionsync/bases"), true)
+    }
+
+    fn staging(&mut self, compute_id: u64) -> io::Result<&mut Staging> {
+        if !self.staging.contains_key(&compute_id) {
+            let dir = reserved(&format!(".unionsync/staging/{compute_id}"));
+            let staging = Staging::new(&self.home, &dir)?;
+            self.staging.insert(compute_id, staging);
+        }
+        Ok(self.staging.get_mut(&compute_id).expect("inserted above"))
+    }
+
+    fn load(&self, compute_id: u64) -> io::Result<Option<BaseFile>> {
+        match persist::load::<BaseFile>(&self.bases()?, &compute_id.to_string()) {
+            // A base that cannot be read is a lost base: the session then
+            // runs a full reconcile, where differing content is a conflict.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                tracing::error!(compute_id, error = %e, "unreadable base: full reconcile");
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    fn step(
+        &mut self,
+        compute_id: u64,
+        stamp: &str,
+        op: &ProjectOp,
+        dirs: &mut Vec<(RelPath, u32)>,
+    ) -> StepResult {
+        let home = self.home.clone();
+        match op {
+            ProjectOp::PreserveConflict { path, compute } => {
+                let Some(to) = conflict_path(compute_id, stamp, path) else {
+                    return Ok(Err(Deferred(format!("{path}: conflict path too long"))));
+                };
+                if let Some(parent) = to.parent() {
+                    home.mkdir_all(&parent)?;
+                }
+                self.staging(compute_id)?
+                    .install(&home, path, &to, compute, None, dirs)
+            }
+            ProjectOp::Remove { path, expect } => {
+                let now = home.stat(path)?;
+                if !still_matches(now.as_ref(), Some(expect)) {
+                    return Ok(Err(Deferred(format!("{path}: changed since the plan"))));
+                }
+                match home.remove(path, expect.is_dir()) {
+                    Ok(()) => Ok(Ok(())),
+                    Err(e) => deferral(e, path),
+                }
+            }
+            ProjectOp::Create { path, meta } => self
+                .staging(compute_id)?
+                .install(&home, path, path, meta, None, dirs),
+            ProjectOp::Write { path, meta, expect } => {
+                self.staging(compute_id)?
+                    .install(&home, path, path, meta, Some(expect), dirs)
+            }
+            ProjectOp::SetMode { path, mode, expect } => {
+                let now = home.stat(path)?;
+                if !still_matches(now.as_ref(), Some(expect)) {
+                    return Ok(Err(Deferred(format!("{path}: changed since the plan"))));
+                }
+                match home.chmod(path, *mode) {
+                    Ok(()) => Ok(Ok(())),
+                    Err(e) => deferral(e, path),
+                }
+            }
+        }
+    }
+}
+
+impl Clone for DiskProjectStore {
+    fn clone(&self) -> DiskProjectStore {
+        DiskProjectStore {
+            home: self.home.clone(),
+            staging: BTreeMap::new(),
+        }
+    }
+}
+
+/// Names a sync's conflicts folder: readable wall-clock time (only a name,
+/// never compared) plus the sync number, so two syncs never share one.
+fn conflict_stamp(sync: u64) -> String {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    format!("{now}-sync{sync}")
+}
+
+impl ProjectStore for DiskProjectStore {
+    async fn load_base(
+        &mut self,
+        compute_id: u64,
+    ) -> StoreResult<(u64, BTreeMap<RelPath, BaseEntry>)> {
+        self.staging(compute_id)?.clear()?;
+        Ok(match self.load(compute_id)? {
+            Some(base) => (base.epoch, base.entries.into_iter().collect()),
+            None => (0, BTreeMap::new()),
+        })
+    }
+
+    async fn stat(&mut self, paths: &[RelPath]) -> StoreResult<Vec<(RelPath, Option<Meta>)>> {
+        paths
+            .iter()
+            .map(|p| Ok((p.clone(), self.home.stat(p)?)))
+            .collect()
+    }
+
+    async fn list_subtrees(&mut self, dirs: &[RelPath]) -> StoreResult<Vec<(RelPath, Meta)>> {
+        let mut out = Vec::new();
+        for dir in dirs {
+            out.extend(self.home.walk(Some(dir))?);
+        }
+        Ok(out)
+    }
+
+    async fn hashes(
+        &mut self,
+        paths: &[RelPath],
+    ) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>> {
+        paths
+            .iter()
+            .map(|p| Ok((p.clone(), self.home.hash(p)?)))
+            .collect()
+    }
+
+    async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.home.read_file(path, expect)?)
+    }
+
+    async fn stage(
+        &mut self,
+        compute_id: u64,
+        path: &RelPath,
+        data: &[u8],
+        last: bool,
+    ) -> StoreResult<()> {
+        Ok(self.staging(compute_id)?.receive(path, data, last)?)
+    }
+
+    async fn apply(
+        &mut self,
+        compute_id: u64,
+        sync: u64,
+        ops: &[ProjectOp],
+        skipped: &[RelPath],
+    ) -> StoreResult<Applied> {
+        let stamp = conflict_stamp(sync);
+        let mut applied = Applied::default();
+        let mut done: Vec<RelPath> = Vec::new();
+        let mut dirs = Vec::new();
+        for op in ops {
+            let path = op.path();
+            if skipped.contains(path) || applied.deferred.contains(path) {
+                continue;
+            }
+            match self.step(compute_id, &stamp, op, &mut dirs)? {
+                Ok(()) => {
+                    tracing::debug!(compute_id, %op, "applied");
+                    if !done.contains(path) {
+                        done.push(path.clone());
+                    }
+                }
+                Err(Deferred(why)) => {
+                    tracing::info!(compute_id, %why, "deferred to the next sync");
+                    applied.deferred.push(path.clone());
+                }
+            }
+        }
+        finish_dirs(&self.home, &mut dirs)?;
+        self.staging(compute_id)?.clear()?;
+        for path in done {
+            let meta = self.home.stat(&path)?;
+            applied.after.push((path, meta));
+        }
+        Ok(applied)
+    }
+
+    async fn commit_base(
+        &mut self,
+        compute_id: u64,
+        epoch: u64,
+        replace: bool,
+        updates: &[(RelPath, Option<BaseEntry>)],
+    ) -> StoreResult<()> {
+        // What the base describes must be on disk before the base is.
+        self.home.sync_filesystem()?;
+        let mut base: BTreeMap<RelPath, BaseEntry> = match self.load(compute_id)? {
+            Some(old) if !replace => old.entries.into_iter().collect(),
+            _ => BTreeMap::new(),
+        };
+        for (path, entry) in updates {
+            match entry {
+                Some(entry) => base.insert(path.clone(), entry.clone()),
+                None => base.remove(path),
+            };
+        }
+        let file = BaseFile {
+            epoch,
+            entries: base.into_iter().collect(),
+        };
+        persist::save(&self.bases()?, &compute_id.to_string(), &file)?;
+        Ok(())
+    }
+}
