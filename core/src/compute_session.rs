@@ -94,8 +94,9 @@ pub struct SyncReport {
     pub deferred: Vec<RelPath>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
+    #[default]
     Disconnected,
     Handshake,
     Idle,
@@ -108,8 +109,8 @@ pub enum Phase {
     Committing,
 }
 
-/// A snapshot for `unionsync status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A snapshot for `unionsync status` (the default: not connected yet).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComputeStatus {
     pub phase: Phase,
     pub connected: bool,

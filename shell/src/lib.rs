@@ -17,6 +17,7 @@
 pub mod beneath;
 pub mod compute_agent;
 pub mod compute_disk;
+pub mod daemon;
 pub mod persist;
 pub mod project_disk;
 pub mod project_server;

@@ -1,13 +1,22 @@
-//! The `unionsync` command.
+//! The `unionsync` command: the two daemons and the scripted demo.
 //!
-//! Today it offers `unionsync demo`, which walks the core reconcile through
-//! a scripted day of edits on both sides and prints the plan; the daemons
-//! (`project serve`, `compute mount`) arrive with the shell's transport and
-//! FUSE layers.
+//! ```text
+//! unionsync project serve --home DIR [--listen ADDR] [--token-file F]
+//! unionsync compute run --upper DIR --whiteouts DIR --project URL [--token-file F] [--id N]
+//! unionsync demo
+//! ```
 
 mod demo;
 
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use unionsync::compute_disk::ComputeDirs;
+use unionsync::daemon::{self, ComputeOptions, ProjectOptions};
+use unionsync_core::Timing;
 
 /// A disk-fast, copy-on-write view of a remote project home, synced both
 /// ways; the project wins conflicts and the other side's data is kept.
@@ -25,10 +34,174 @@ enum Command {
     ///
     /// Example: unionsync demo
     Demo,
+    /// The project side: serve the home directory to compute servers.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// The compute side: sync a local upper layer with the project.
+    #[command(subcommand)]
+    Compute(ComputeCommand),
+}
+
+#[derive(Subcommand)]
+enum ProjectCommand {
+    /// Serve the project home: each compute server that presents the token
+    /// syncs against it, with its own base under <home>/.unionsync/bases.
+    /// Conflict losers land in <home>/.unionsync/conflicts/<id>/<time>/.
+    ///
+    /// Example: unionsync project serve --home ~/project --listen 127.0.0.1:7171 --token-file ~/.config/unionsync/token
+    Serve(ServeArgs),
+}
+
+#[derive(Subcommand)]
+enum ComputeCommand {
+    /// Sync an upper directory and its whiteouts with the project, without
+    /// a mount (for tests and debugging): changes are found by scanning.
+    ///
+    /// Example: unionsync compute run --upper /var/lib/unionsync/upper --whiteouts /var/lib/unionsync/whiteouts --project ws://127.0.0.1:7171/ --id 1
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// File holding the shared secret (trailing newline ignored). Create one
+    /// with: head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE.
+    /// Default: $UNIONSYNC_TOKEN_FILE, else ~/.config/unionsync/token.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Allow plain ws:// beyond loopback (the token then crosses the
+    /// network unencrypted).
+    #[arg(long)]
+    allow_insecure: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The project home directory (the truth).
+    #[arg(long, value_name = "DIR")]
+    home: PathBuf,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7171")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    token: TokenArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The upper directory: this side's files.
+    #[arg(long, value_name = "DIR")]
+    upper: PathBuf,
+    /// Where deletions of project paths are recorded (<dir>/<parent>/.wh.<name>).
+    #[arg(long, value_name = "DIR")]
+    whiteouts: PathBuf,
+    /// The project server, e.g. ws://127.0.0.1:7171/
+    #[arg(long, value_name = "URL")]
+    project: String,
+    /// This compute server's id: each id has its own base on the project.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    id: u64,
+    /// Where the committed state lives. Default: <upper>/.unionsync/state.
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Shortest and longest time between syncs, in seconds (the interval
+    /// adapts between them: short after activity, longer when idle).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    interval_min: f64,
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    interval_max: f64,
+    #[command(flatten)]
+    token: TokenArgs,
+}
+
+/// How long a peer may make no progress within a sync.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn token(args: &TokenArgs) -> anyhow::Result<Vec<u8>> {
+    let path = match &args.token_file {
+        Some(path) => path.clone(),
+        None => match std::env::var_os("UNIONSYNC_TOKEN_FILE") {
+            Some(path) => PathBuf::from(path),
+            None => Path::new(&std::env::var_os("HOME").context("HOME is not set")?)
+                .join(".config/unionsync/token"),
+        },
+    };
+    daemon::read_token(&path).with_context(|| {
+        format!(
+            "a token is required: pass --token-file (tried {})",
+            path.display()
+        )
+    })
+}
+
+fn seconds(value: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value).with_context(|| format!("{what}: {value} is not a duration"))
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler (the runtime has signals enabled)");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn run_local<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    Ok(tokio::task::LocalSet::new().block_on(&runtime, future))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo => demo::run(&mut std::io::stdout().lock()),
+        Command::Project(ProjectCommand::Serve(args)) => {
+            init_logging();
+            let options = ProjectOptions {
+                home: args.home,
+                listen: args.listen,
+                token: token(&args.token)?,
+                allow_insecure: args.token.allow_insecure,
+                step_timeout: STEP_TIMEOUT,
+            };
+            run_local(daemon::run_project_server(options, shutdown_signal()))??;
+            Ok(())
+        }
+        Command::Compute(ComputeCommand::Run(args)) => {
+            init_logging();
+            let mut dirs = ComputeDirs::new(&args.upper, &args.whiteouts);
+            if let Some(state) = args.state {
+                dirs.state = state;
+            }
+            let options = ComputeOptions {
+                dirs,
+                project: args.project,
+                token: token(&args.token)?,
+                compute_id: args.id,
+                allow_insecure: args.token.allow_insecure,
+                timing: Timing {
+                    min: seconds(args.interval_min, "--interval-min")?,
+                    max: seconds(args.interval_max, "--interval-max")?,
+                    ..Timing::default()
+                },
+                step_timeout: STEP_TIMEOUT,
+            };
+            let (status, _) = tokio::sync::watch::channel(Default::default());
+            run_local(daemon::run_compute(options, shutdown_signal(), status))??;
+            Ok(())
+        }
     }
 }

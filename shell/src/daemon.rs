@@ -1,0 +1,235 @@
+//! The two daemons as the CLI runs them: real directories, real TCP.
+//!
+//! ```text
+//! unionsync project serve ─► run_project_server: bind ─► serve(DiskProjectStore) until shutdown
+//! unionsync compute run   ─► run_compute:  DiskComputeStore ─► run_compute_agent(TcpConnector)
+//! ```
+//!
+//! Both run on the caller's current-thread runtime inside a `LocalSet`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::http::Uri;
+use unionsync_core::{ComputeConfig, ComputeStatus, ProjectConfig, Timing};
+
+use crate::compute_agent::{run_compute_agent, AgentCommand, ComputeAgentConfig, TcpConnector};
+use crate::compute_disk::{ComputeDirs, DiskComputeStore};
+use crate::project_disk::DiskProjectStore;
+use crate::project_server::serve;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("invalid project URL {url:?}: {why}")]
+    Url { url: String, why: String },
+    #[error(
+        "refusing unencrypted ws:// to {0}, which is not a loopback address \
+         (the token would cross the network in clear); pass --allow-insecure to do it anyway"
+    )]
+    Insecure(String),
+    #[error("the token is empty: put a secret in the token file")]
+    EmptyToken,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Reads a token file: its content minus trailing whitespace.
+pub fn read_token(path: &std::path::Path) -> Result<Vec<u8>, DaemonError> {
+    let mut token = std::fs::read(path).map_err(io(format!("token file {}", path.display())))?;
+    while token.last().is_some_and(u8::is_ascii_whitespace) {
+        token.pop();
+    }
+    if token.is_empty() {
+        return Err(DaemonError::EmptyToken);
+    }
+    Ok(token)
+}
+
+#[derive(Clone, Debug)]
+pub struct ProjectOptions {
+    pub home: PathBuf,
+    pub listen: SocketAddr,
+    pub token: Vec<u8>,
+    pub allow_insecure: bool,
+    pub step_timeout: Duration,
+}
+
+/// Serves compute servers from `home` until `shutdown` completes.
+pub async fn run_project_server(
+    options: ProjectOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    if !options.listen.ip().is_loopback() && !options.allow_insecure {
+        return Err(DaemonError::Insecure(options.listen.to_string()));
+    }
+    let store = DiskProjectStore::open(&options.home)
+        .map_err(io(format!("project home {}", options.home.display())))?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(io(format!("listening on {}", options.listen)))?;
+    let bound = listener.local_addr().map_err(io("listening socket"))?;
+    tracing::info!(home = %options.home.display(), listen = %bound, "project server ready");
+    let config = ProjectConfig {
+        token: options.token,
+        step_timeout: options.step_timeout,
+    };
+    tokio::select! {
+        served = serve(listener, store, config, None) => served.map_err(io("accepting connections")),
+        () = shutdown => {
+            tracing::info!("project server stopping");
+            Ok(())
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ComputeOptions {
+    pub dirs: ComputeDirs,
+    pub project: String,
+    pub token: Vec<u8>,
+    pub compute_id: u64,
+    pub allow_insecure: bool,
+    pub timing: Timing,
+    pub step_timeout: Duration,
+}
+
+/// `host:port` of a `ws://` URL, refusing a non-loopback host unless
+/// `allow_insecure`.
+async fn project_address(url: &str, allow_insecure: bool) -> Result<String, DaemonError> {
+    let bad = |why: &str| DaemonError::Url {
+        url: url.to_string(),
+        why: why.to_string(),
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: tokio_tungstenite::tungstenite::http::uri::InvalidUri| bad(&e.to_string()))?;
+    match uri.scheme_str() {
+        Some("ws") => {}
+        Some("wss") => {
+            return Err(bad(
+                "wss:// is not supported by this build yet; use ws:// on loopback",
+            ))
+        }
+        _ => return Err(bad("expected ws://HOST:PORT/")),
+    }
+    let host = uri.host().ok_or_else(|| bad("no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let address = format!(
+        "{}:{port}",
+        host.trim_start_matches('[').trim_end_matches(']')
+    );
+    if !allow_insecure {
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host(address.as_str())
+            .await
+            .map_err(io(format!("resolving {address}")))?
+            .collect();
+        if resolved.is_empty() || !resolved.iter().all(|a| a.ip().is_loopback()) {
+            return Err(DaemonError::Insecure(address));
+        }
+    }
+    Ok(address)
+}
+
+/// Runs the compute agent on the upper and whiteouts directories until
+/// `shutdown` completes. Status goes out on `status`.
+pub async fn run_compute(
+    options: ComputeOptions,
+    shutdown: impl Future<Output = ()>,
+    status: watch::Sender<ComputeStatus>,
+) -> Result<(), DaemonError> {
+    let address = project_address(&options.project, options.allow_insecure).await?;
+    let store = DiskComputeStore::open(&options.dirs)
+        .map_err(io(format!("upper {}", options.dirs.upper.display())))?;
+    let config = ComputeAgentConfig {
+        session: ComputeConfig {
+            compute_id: options.compute_id,
+            token: options.token,
+            timing: options.timing,
+            step_timeout: options.step_timeout,
+        },
+        url: options.project.clone(),
+        reconnect_min: Duration::from_millis(500),
+        reconnect_max: Duration::from_secs(30),
+    };
+    tracing::info!(
+        upper = %options.dirs.upper.display(),
+        project = %options.project,
+        compute_id = options.compute_id,
+        "compute agent starting"
+    );
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let agent = run_compute_agent(
+        config,
+        TcpConnector(address),
+        store,
+        command_rx,
+        status,
+        None,
+    );
+    tokio::pin!(agent);
+    tokio::select! {
+        result = &mut agent => return result.map_err(|e| DaemonError::Io {
+            what: "compute storage".into(),
+            source: std::io::Error::other(e.0),
+        }),
+        () = shutdown => {}
+    }
+    tracing::info!("compute agent stopping");
+    let _ = commands.send(AgentCommand::Shutdown);
+    agent.await.map_err(|e| DaemonError::Io {
+        what: "compute storage".into(),
+        source: std::io::Error::other(e.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn plain_ws_to_a_remote_host_is_refused_unless_allowed() {
+        let error = project_address("ws://192.0.2.1:7000/", false)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, DaemonError::Insecure(_)), "{error}");
+        let address = project_address("ws://192.0.2.1:7000/", true).await.unwrap();
+        assert_eq!(address, "192.0.2.1:7000");
+    }
+
+    #[tokio::test]
+    async fn loopback_urls_resolve_to_host_and_port() {
+        let address = project_address("ws://127.0.0.1:7000/", false)
+            .await
+            .unwrap();
+        assert_eq!(address, "127.0.0.1:7000");
+    }
+
+    #[tokio::test]
+    async fn urls_that_are_not_ws_are_refused() {
+        for url in ["http://127.0.0.1:1/", "127.0.0.1:1", ""] {
+            let error = project_address(url, false).await.unwrap_err();
+            assert!(matches!(error, DaemonError::Url { .. }), "{url}: {error}");
+        }
+    }
+
+    #[test]
+    fn an_empty_token_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(read_token(&path), Err(DaemonError::EmptyToken)));
+        std::fs::write(&path, "s3cret\n").unwrap();
+        assert_eq!(read_token(&path).unwrap(), b"s3cret");
+    }
+}
