@@ -270,6 +270,12 @@ impl ComputeSession {
         self.close.take()
     }
 
+    /// How long the peer may take for any one step (the agent's bound on
+    /// sending a frame, too).
+    pub fn step_timeout(&self) -> Duration {
+        self.config.step_timeout
+    }
+
     /// The sync in flight (0: none).
     pub fn current_sync(&self) -> u64 {
         self.flight.as_ref().map_or(0, |f| f.sync)
@@ -576,6 +582,7 @@ pub(crate) fn message_name(message: &Message) -> &'static str {
         Message::HashRequest { .. } => "HashRequest",
         Message::Hashes { .. } => "Hashes",
         Message::Plan { .. } => "Plan",
+        Message::Archive { .. } => "Archive",
         Message::FileData { .. } => "FileData",
         Message::FileSkipped { .. } => "FileSkipped",
         Message::DataDone { .. } => "DataDone",

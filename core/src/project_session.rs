@@ -227,6 +227,12 @@ impl ProjectSession {
         (!matches!(self.state, State::AwaitHello)).then_some(self.compute_id)
     }
 
+    /// How long the peer may take for any one step (the agent's bound on
+    /// sending a frame, too).
+    pub fn step_timeout(&self) -> Duration {
+        self.config.step_timeout
+    }
+
     /// The sync in flight (the last one once idle).
     pub fn current_sync(&self) -> u64 {
         self.last_sync

@@ -15,8 +15,8 @@
 //!                                       ◄── HashRequest{paths}      (only if needed)
 //!     Hashes{..} ───────────────────────►
 //!                                       ◄── Plan{compute ops, want}
-//!     FileData*/FileSkipped*, DataDone ─►   (project applies, CAS)
-//!                                       ◄── FileData*, DataDone, ProjectApplied{deferred}
+//!     Archive*/FileSkipped*, DataDone ──►   (project applies, CAS)
+//!                                       ◄── Archive*, DataDone, ProjectApplied{deferred}
 //!     ComputeApplied{deferred, upper} ──►   (project records the new base)
 //!                                       ◄── Commit{epoch}
 //!     CommitAck{epoch} ─────────────────►
@@ -34,7 +34,7 @@ use crate::plan::ComputeOp;
 use crate::reconcile::Reported;
 
 /// Bumped on any incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame accepted (file data comes in chunks far below this).
 pub const MAX_MESSAGE_LEN: usize = 16 << 20;
 /// Size of the file data chunks senders cut files into.
@@ -100,6 +100,14 @@ pub enum Message {
         ops: Vec<ComputeOp>,
         want: Vec<(RelPath, Meta)>,
         conflicts: Vec<RelPath>,
+    },
+    /// A piece of the sync's file stream: one lz4 frame of a tar archive
+    /// (see the shell's `archive` module). The receiving shell turns the
+    /// archive back into [`Message::FileData`] for the session; a bare
+    /// `FileData` on the wire is refused.
+    Archive {
+        sync: u64,
+        data: Vec<u8>,
     },
     /// A piece of one file's content, in order; `last` closes the file.
     FileData {

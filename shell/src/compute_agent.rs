@@ -22,7 +22,7 @@ use unionsync_core::{
 };
 
 use crate::store::{ComputeStore, StoreResult};
-use crate::transport::{self, TransportError, Ws};
+use crate::transport::{self, Inbound, TransportError, Ws};
 use crate::{now, sleep_until};
 
 /// Opens a byte stream to the project server (TCP in production, turmoil's
@@ -170,6 +170,7 @@ impl<St: ComputeStore> Agent<St> {
         // The session sets no timeout while waiting for Welcome.
         let handshake_deadline = now() + handshake_timeout;
         let mut welcomed = false;
+        let mut inbound = Inbound::default();
         loop {
             match self.drain(ws).await {
                 Ok(None) => {}
@@ -192,8 +193,17 @@ impl<St: ComputeStore> Agent<St> {
                 frame = transport::recv(ws) => match frame {
                     Ok(Some(message)) => {
                         welcomed |= matches!(message, Message::Welcome { .. });
-                        // A refusal or protocol error comes out of poll_close.
-                        let _ = self.session.handle_message(now(), message);
+                        let messages = match inbound.accept(message) {
+                            Ok(messages) => messages,
+                            Err(error) => {
+                                let reason = error.to_string();
+                                return Ending::Lost { reason, welcomed };
+                            }
+                        };
+                        for message in messages {
+                            // A refusal or protocol error comes out of poll_close.
+                            let _ = self.session.handle_message(now(), message);
+                        }
                     }
                     Ok(None) => {
                         let reason = "the project closed the connection".to_string();
@@ -277,7 +287,8 @@ impl<St: ComputeStore> Agent<St> {
                 .map(|hashes| session.handle_hashes(now(), hashes)),
             ComputeIo::SendFiles { files } => {
                 let sync = session.current_sync();
-                transport::send_files(ws, sync, &files, async |path, meta| {
+                let timeout = session.step_timeout();
+                transport::send_files(ws, sync, &files, timeout, async |path, meta| {
                     store.read_file(path, meta).await
                 })
                 .await?

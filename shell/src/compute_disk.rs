@@ -56,6 +56,7 @@ impl ComputeDirs {
 struct ComputeState {
     epoch: u64,
     recorded: Vec<(RelPath, Reported)>,
+    seen: Vec<(RelPath, Option<Meta>)>,
 }
 
 /// The whiteout marker of `path` inside the whiteouts directory.
@@ -85,6 +86,10 @@ pub struct DiskComputeStore {
     staging: Staging,
     epoch: u64,
     recorded: BTreeMap<RelPath, Reported>,
+    /// For changed paths with no record: what the lower showed when a scan
+    /// first noticed the change. Kept until a commit covers the path, so a
+    /// crash before that cannot replace it with a later project state.
+    seen: BTreeMap<RelPath, Option<Meta>>,
     /// The state of every path of the sync in flight: as scanned, then as a
     /// step left it; recorded for the paths its commit names.
     pending: BTreeMap<RelPath, Option<Reported>>,
@@ -111,6 +116,7 @@ impl DiskComputeStore {
             state,
             epoch: saved.epoch,
             recorded: saved.recorded.into_iter().collect(),
+            seen: saved.seen.into_iter().collect(),
             pending: BTreeMap::new(),
         })
     }
@@ -129,6 +135,45 @@ impl DiskComputeStore {
             }
         }
         Ok(now)
+    }
+
+    /// What the lower showed at a changed path this side has no record of:
+    /// what a first edit or a deletion replaced, for a sync without a base.
+    /// Noted the first time a scan sees the change (`fresh` tells whether
+    /// it was just noted). A project change made between the user's change
+    /// and that scan passes for what was replaced; the mount's journal notes
+    /// it at the moment of the change instead.
+    fn seen(&mut self, path: &RelPath, fresh: &mut bool) -> io::Result<Option<Meta>> {
+        if self.recorded.contains_key(path) {
+            return Ok(None);
+        }
+        if let Some(seen) = self.seen.get(path) {
+            return Ok(seen.clone());
+        }
+        let seen = match &self.lower {
+            Some(lower) => lower.stat(path)?,
+            None => None,
+        };
+        self.seen.insert(path.clone(), seen.clone());
+        *fresh = true;
+        Ok(seen)
+    }
+
+    fn save(&self) -> io::Result<()> {
+        let state = ComputeState {
+            epoch: self.epoch,
+            recorded: self
+                .recorded
+                .iter()
+                .map(|(p, s)| (p.clone(), s.clone()))
+                .collect(),
+            seen: self
+                .seen
+                .iter()
+                .map(|(p, s)| (p.clone(), s.clone()))
+                .collect(),
+        };
+        persist::save(&self.state, STATE_FILE, &state)
     }
 
     /// The upper's state of one path: an entry, a whiteout, or nothing.
@@ -236,6 +281,7 @@ impl ComputeStore for DiskComputeStore {
 
     async fn collect_changes(&mut self, full: bool) -> StoreResult<(u64, Vec<Change>)> {
         self.staging.clear()?;
+        self.pending.clear();
         let now = self.scan()?;
         let mut paths: BTreeSet<&RelPath> = if full {
             now.keys().chain(self.recorded.keys()).collect()
@@ -258,18 +304,21 @@ impl ComputeStore for DiskComputeStore {
             })
             .collect();
         paths.extend(ancestors);
-        self.pending = paths
-            .iter()
-            .map(|p| ((*p).clone(), now.get(*p).cloned()))
-            .collect();
-        let changes = paths
-            .into_iter()
-            .map(|path| Change {
+        let paths: Vec<RelPath> = paths.into_iter().cloned().collect();
+        let mut changes = Vec::with_capacity(paths.len());
+        let mut fresh = false;
+        for path in paths {
+            let state = now.get(&path).cloned();
+            changes.push(Change {
+                seen: self.seen(&path, &mut fresh)?,
+                state: state.clone().unwrap_or(Reported::Deleted),
                 path: path.clone(),
-                state: now.get(path).cloned().unwrap_or(Reported::Deleted),
-                seen: None,
-            })
-            .collect();
+            });
+            self.pending.insert(path, state);
+        }
+        if fresh {
+            self.save()?;
+        }
         Ok((0, changes))
     }
 
@@ -337,18 +386,11 @@ impl ComputeStore for DiskComputeStore {
                 Some(state) => self.recorded.insert(path.clone(), state),
                 None => self.recorded.remove(path),
             };
+            self.seen.remove(path);
         }
         self.pending.clear();
         self.epoch = epoch;
-        let state = ComputeState {
-            epoch,
-            recorded: self
-                .recorded
-                .iter()
-                .map(|(p, s)| (p.clone(), s.clone()))
-                .collect(),
-        };
-        persist::save(&self.state, STATE_FILE, &state)?;
+        self.save()?;
         Ok(())
     }
 }
@@ -365,6 +407,55 @@ mod tests {
             assert_eq!(marker.parent(), path.parent());
             assert_eq!(whiteout_of_marker(&marker), Some(path));
         }
+    }
+
+    fn store(dir: &Path) -> DiskComputeStore {
+        let mut dirs = ComputeDirs::new(&dir.join("upper"), &dir.join("whiteouts"));
+        dirs.lower = Some(dir.join("lower"));
+        DiskComputeStore::open(&dirs).unwrap()
+    }
+
+    fn seen_of(changes: &[Change], path: &str) -> Option<Meta> {
+        let path = RelPath::new(path).unwrap();
+        changes
+            .iter()
+            .find(|c| c.path == path)
+            .unwrap()
+            .seen
+            .clone()
+    }
+
+    /// Regression: after a crash before the first commit, the restarted
+    /// agent took the lower's *new* state for what the user's edit
+    /// replaced, and pushed the edit over a project change.
+    #[tokio::test]
+    async fn what_an_edit_replaced_survives_a_crash_before_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("lower")).unwrap();
+        std::fs::create_dir_all(dir.path().join("upper")).unwrap();
+        std::fs::write(dir.path().join("upper/f"), b"user").unwrap();
+        let (_, changes) = store(dir.path()).collect_changes(false).await.unwrap();
+        assert_eq!(seen_of(&changes, "f"), None, "the lower had no f");
+        // The project creates f; the agent crashed before committing.
+        std::fs::write(dir.path().join("lower/f"), b"project").unwrap();
+        let (_, changes) = store(dir.path()).collect_changes(false).await.unwrap();
+        assert_eq!(seen_of(&changes, "f"), None);
+    }
+
+    #[tokio::test]
+    async fn a_committed_path_is_not_reported_again_until_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("lower")).unwrap();
+        std::fs::create_dir_all(dir.path().join("upper")).unwrap();
+        std::fs::write(dir.path().join("upper/f"), b"one").unwrap();
+        let mut store = store(dir.path());
+        let (mark, changes) = store.collect_changes(false).await.unwrap();
+        let paths: Vec<RelPath> = changes.into_iter().map(|c| c.path).collect();
+        store.commit(1, mark, &paths).await.unwrap();
+        assert!(store.collect_changes(false).await.unwrap().1.is_empty());
+        std::fs::write(dir.path().join("upper/f"), b"two!").unwrap();
+        let (_, changes) = store.collect_changes(false).await.unwrap();
+        assert_eq!(changes.len(), 1);
     }
 
     #[test]

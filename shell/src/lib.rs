@@ -14,6 +14,7 @@
 //! simulation (`unionsync-sim`) runs this very code over simulated network
 //! and in-memory trees.
 
+pub mod archive;
 pub mod beneath;
 pub mod compute_agent;
 pub mod compute_disk;

@@ -94,6 +94,10 @@ struct RunArgs {
     /// Where deletions of project paths are recorded (<dir>/<parent>/.wh.<name>).
     #[arg(long, value_name = "DIR")]
     whiteouts: PathBuf,
+    /// The project home as mounted here, read-only (sshfs, NFS…), if any:
+    /// tells the scan what a deletion or a first edit replaced.
+    #[arg(long, value_name = "DIR")]
+    lower: Option<PathBuf>,
     /// The project server, e.g. ws://127.0.0.1:7171/
     #[arg(long, value_name = "URL")]
     project: String,
@@ -186,6 +190,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(state) = args.state {
                 dirs.state = state;
             }
+            dirs.lower = args.lower;
             let options = ComputeOptions {
                 dirs,
                 project: args.project,

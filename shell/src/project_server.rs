@@ -21,7 +21,7 @@ use unionsync_core::{
 };
 
 use crate::store::{ProjectStore, StoreError};
-use crate::transport::{self, TransportError, Ws};
+use crate::transport::{self, Inbound, TransportError, Ws};
 use crate::{now, sleep_until};
 
 /// Accepts byte streams from compute servers. Implemented here for tokio's
@@ -97,6 +97,7 @@ where
 {
     let mut ws = transport::accept(stream).await?;
     let mut session = ProjectSession::new(config, now());
+    let mut inbound = Inbound::default();
     loop {
         if let Some(error) = drain(&mut session, &mut store, &mut ws, events.as_ref()).await? {
             // The session queued an Error frame for the peer; drain sent it.
@@ -105,10 +106,12 @@ where
             return Err(error.into());
         }
         tokio::select! {
-            frame = transport::recv(&mut ws) => match frame {
-                Ok(Some(message)) => {
-                    // An error comes out of poll_close.
-                    let _ = session.handle_message(now(), message);
+            frame = transport::recv(&mut ws) => match frame.and_then(|m| m.map(|m| inbound.accept(m)).transpose()) {
+                Ok(Some(messages)) => {
+                    for message in messages {
+                        // An error comes out of poll_close.
+                        let _ = session.handle_message(now(), message);
+                    }
                 }
                 Ok(None) => return Ok(()),
                 Err(error) if error.is_malformed() => {
@@ -226,7 +229,8 @@ where
             .map(|applied| session.handle_applied(now(), applied.deferred, applied.after)),
         ProjectIo::SendFiles { files } => {
             let sync = session.current_sync();
-            transport::send_files(ws, sync, &files, async |path, meta| {
+            let timeout = session.step_timeout();
+            transport::send_files(ws, sync, &files, timeout, async |path, meta| {
                 store.read_file(path, meta).await
             })
             .await?

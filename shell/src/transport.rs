@@ -4,15 +4,18 @@
 //! it; no DNS or TLS is involved (the URL only fills the HTTP request).
 
 use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as Frame};
 use tokio_tungstenite::WebSocketStream;
-use unionsync_core::wire::{CHUNK_LEN, MAX_MESSAGE_LEN};
+use unionsync_core::wire::MAX_MESSAGE_LEN;
 use unionsync_core::{Message, Meta, RelPath, WireError};
 
-use crate::store::StoreResult;
+use crate::archive::{ArchiveError, Event, Packer, Unpacker};
+use crate::store::{StoreError, StoreResult};
 
 pub type Ws<S> = WebSocketStream<S>;
 
@@ -26,6 +29,14 @@ pub enum TransportError {
     Text,
     #[error(transparent)]
     Wire(#[from] WireError),
+    #[error("file stream: {0}")]
+    Archive(#[from] ArchiveError),
+    #[error("file data outside an archive")]
+    Unpacked,
+    #[error("file stream: {0} is not a regular file (the plan carries the rest)")]
+    NotAFile(RelPath),
+    #[error("the peer took no frame for {0:?}")]
+    Timeout(Duration),
 }
 
 impl TransportError {
@@ -34,7 +45,12 @@ impl TransportError {
     pub fn is_malformed(&self) -> bool {
         matches!(
             self,
-            TransportError::TooLarge { .. } | TransportError::Text | TransportError::Wire(_)
+            TransportError::TooLarge { .. }
+                | TransportError::Text
+                | TransportError::Wire(_)
+                | TransportError::Archive(_)
+                | TransportError::Unpacked
+                | TransportError::NotAFile(_)
         )
     }
 }
@@ -103,58 +119,151 @@ where
     }
 }
 
-/// Ships the files of a `SendFiles` step of sync `sync`: each file that
-/// `read` returns as `FileData` chunks of [`CHUNK_LEN`] (`last` on the final
-/// one; an empty file is one empty chunk), each it returns `None` for as
-/// `FileSkipped`. The outer error is the connection failing; the inner one
-/// a read failing (the files before it went out). Inner `Ok`: the skipped.
+/// Ships the files of a `SendFiles` step of sync `sync` as one archive
+/// (tar in lz4 frames, [`Message::Archive`]): each file that `read` returns
+/// is packed, each it returns `None` for goes out as `FileSkipped`. Every
+/// frame must be taken by the peer within `timeout` (backpressure: a frame
+/// is sent only once the previous one is flushed). The outer error is the
+/// connection failing; the inner one a read failing (the archive is then
+/// left unfinished and the sync fails). Inner `Ok`: the skipped.
 pub async fn send_files<S, F>(
     ws: &mut Ws<S>,
     sync: u64,
     files: &[(RelPath, Meta)],
+    timeout: Duration,
     mut read: F,
 ) -> Result<StoreResult<Vec<RelPath>>, TransportError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: AsyncFnMut(&RelPath, &Meta) -> StoreResult<Option<Vec<u8>>>,
 {
+    let mut packer = Packer::new();
     let mut skipped = Vec::new();
     for (path, meta) in files {
-        let data = match read(path, meta).await {
-            Ok(Some(data)) => data,
+        match read(path, meta).await {
+            Ok(Some(data)) => {
+                if let Err(e) = packer.file(path, meta.perm(), meta.mtime_ns, &data) {
+                    return Ok(Err(StoreError(format!("{path}: {e}"))));
+                }
+            }
             Ok(None) => {
                 let path = path.clone();
-                send(
-                    ws,
-                    &Message::FileSkipped {
-                        sync,
-                        path: path.clone(),
-                    },
-                )
-                .await?;
+                let message = Message::FileSkipped {
+                    sync,
+                    path: path.clone(),
+                };
+                send_within(ws, &message, timeout).await?;
                 skipped.push(path);
-                continue;
             }
             Err(e) => return Ok(Err(e)),
-        };
-        let chunks = data.len().div_ceil(CHUNK_LEN).max(1);
-        for i in 0..chunks {
-            let chunk = &data[i * CHUNK_LEN..((i + 1) * CHUNK_LEN).min(data.len())];
-            let message = Message::FileData {
-                sync,
-                path: path.clone(),
-                data: chunk.to_vec(),
-                last: i + 1 == chunks,
-            };
-            send(ws, &message).await?;
+        }
+        while let Some(data) = packer.next_frame() {
+            send_within(ws, &Message::Archive { sync, data }, timeout).await?;
         }
     }
+    let frames = match packer.finish() {
+        Ok(frames) => frames,
+        Err(e) => return Ok(Err(StoreError(e.to_string()))),
+    };
+    for data in frames {
+        send_within(ws, &Message::Archive { sync, data }, timeout).await?;
+    }
     Ok(Ok(skipped))
+}
+
+async fn send_within<S>(
+    ws: &mut Ws<S>,
+    message: &Message,
+    timeout: Duration,
+) -> Result<(), TransportError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::time::timeout(timeout, send(ws, message))
+        .await
+        .unwrap_or(Err(TransportError::Timeout(timeout)))
+}
+
+/// The receiving end of the file streams on one connection: turns each
+/// sync's [`Message::Archive`] frames back into the `FileData` messages the
+/// sessions expect, and checks at `DataDone` that the archive was complete.
+/// Anything that is not a sound archive of regular files is malformed.
+#[derive(Default)]
+pub struct Inbound {
+    /// The sync whose archive is being read, its decoder, the file being
+    /// received and the piece of it held back until it is known whether it
+    /// is the last.
+    archive: Option<(u64, Unpacker)>,
+    file: Option<(RelPath, Option<Vec<u8>>)>,
+}
+
+impl Inbound {
+    /// The messages for the session that `message` stands for.
+    pub fn accept(&mut self, message: Message) -> Result<Vec<Message>, TransportError> {
+        match message {
+            Message::Archive { sync, data } => self.archive_frame(sync, &data),
+            Message::DataDone { sync } => {
+                if let Some((archive_sync, unpacker)) = self.archive.take() {
+                    if archive_sync == sync {
+                        unpacker.finish()?;
+                    }
+                }
+                self.file = None;
+                Ok(vec![Message::DataDone { sync }])
+            }
+            Message::FileData { .. } => Err(TransportError::Unpacked),
+            other => Ok(vec![other]),
+        }
+    }
+
+    fn archive_frame(&mut self, sync: u64, frame: &[u8]) -> Result<Vec<Message>, TransportError> {
+        if self.archive.as_ref().is_none_or(|(s, _)| *s != sync) {
+            // A new sync's stream (an unfinished one belonged to a failed sync).
+            self.archive = Some((sync, Unpacker::new()));
+            self.file = None;
+        }
+        let (_, unpacker) = self.archive.as_mut().expect("set just above");
+        unpacker.push_frame(frame)?;
+        let mut out = Vec::new();
+        while let Some(event) = unpacker.next_event() {
+            match (event, &mut self.file) {
+                (Event::File { path, .. }, _) => self.file = Some((path, None)),
+                (Event::Data(data), Some((path, held))) => {
+                    if let Some(earlier) = held.replace(data) {
+                        out.push(file_data(sync, path, earlier, false));
+                    }
+                }
+                (Event::FileEnd, Some((path, held))) => {
+                    let data = held.take().unwrap_or_default();
+                    out.push(file_data(sync, path, data, true));
+                    self.file = None;
+                }
+                (Event::Data(_) | Event::FileEnd, None) => {
+                    // The unpacker only yields these inside a file.
+                    unreachable!("archive data outside a file")
+                }
+                (Event::Symlink { path, .. } | Event::Dir { path, .. }, _) => {
+                    return Err(TransportError::NotAFile(path));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn file_data(sync: u64, path: &RelPath, data: Vec<u8>, last: bool) -> Message {
+    Message::FileData {
+        sync,
+        path: path.clone(),
+        data,
+        last,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use unionsync_core::wire::CHUNK_LEN;
 
     async fn pair() -> (Ws<tokio::io::DuplexStream>, Ws<tokio::io::DuplexStream>) {
         let (a, b) = tokio::io::duplex(1 << 20);
@@ -162,32 +271,37 @@ mod tests {
         (client.unwrap(), server.unwrap())
     }
 
-    fn data(path: &RelPath, data: &[u8], last: bool) -> Message {
-        let (sync, path, data) = (3, path.clone(), data.to_vec());
-        Message::FileData {
-            sync,
-            path,
-            data,
-            last,
+    /// Everything `send_files` put on the wire, through an [`Inbound`].
+    async fn received(server: &mut Ws<tokio::io::DuplexStream>) -> Vec<Message> {
+        let mut inbound = Inbound::default();
+        let mut out = Vec::new();
+        loop {
+            let message = recv(server).await.unwrap().unwrap();
+            let done = matches!(message, Message::DataDone { .. });
+            out.extend(inbound.accept(message).unwrap());
+            if done {
+                return out;
+            }
         }
     }
 
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
     #[tokio::test]
-    async fn send_files_cuts_chunks_marks_the_last_and_skips_unreadable_files() {
+    async fn files_cross_as_an_archive_and_come_out_as_file_data() {
         let (mut client, mut server) = pair().await;
-        let (empty, big, gone) = (
-            RelPath::new("empty").unwrap(),
-            RelPath::new("big").unwrap(),
-            RelPath::new("gone").unwrap(),
-        );
-        let content = vec![7u8; CHUNK_LEN + 1];
+        let content: Vec<u8> = (0..3 * CHUNK_LEN + 7).map(|i| (i % 251) as u8).collect();
         let meta = Meta::file(0o644, 0, 1);
         let files = [
-            (empty.clone(), meta.clone()),
-            (big.clone(), meta.clone()),
-            (gone.clone(), meta),
+            (p("empty"), meta.clone()),
+            (p("big"), meta.clone()),
+            (p("gone"), meta),
         ];
-        let skipped = send_files(&mut client, 3, &files, async |path, _| {
+        let skipped = send_files(&mut client, 3, &files, TIMEOUT, async |path, _| {
             Ok(match path.as_bytes() {
                 b"empty" => Some(Vec::new()),
                 b"big" => Some(content.clone()),
@@ -197,19 +311,118 @@ mod tests {
         .await
         .unwrap()
         .unwrap();
-        assert_eq!(skipped, vec![gone.clone()]);
-        let expected = [
-            data(&empty, &[], true),
-            data(&big, &content[..CHUNK_LEN], false),
-            data(&big, &content[CHUNK_LEN..], true),
-            Message::FileSkipped {
-                sync: 3,
-                path: gone,
-            },
-        ];
-        for message in expected {
-            assert_eq!(recv(&mut server).await.unwrap(), Some(message));
+        assert_eq!(skipped, vec![p("gone")]);
+        send(&mut client, &Message::DataDone { sync: 3 })
+            .await
+            .unwrap();
+        let messages = received(&mut server).await;
+        let mut files: Vec<(RelPath, Vec<u8>)> = Vec::new();
+        let mut skipped = Vec::new();
+        for message in messages {
+            match message {
+                Message::FileData {
+                    sync: 3,
+                    path,
+                    data,
+                    last,
+                } => {
+                    match files.last_mut() {
+                        Some((open, so_far)) if *open == path => so_far.extend(data),
+                        _ => files.push((path, data)),
+                    }
+                    let _ = last;
+                }
+                Message::FileSkipped { sync: 3, path } => skipped.push(path),
+                Message::DataDone { sync: 3 } => {}
+                other => panic!("unexpected {other:?}"),
+            }
         }
+        assert_eq!(files, vec![(p("empty"), Vec::new()), (p("big"), content)]);
+        assert_eq!(skipped, vec![p("gone")]);
+    }
+
+    #[tokio::test]
+    async fn only_the_last_piece_of_a_file_is_marked_last() {
+        let (mut client, mut server) = pair().await;
+        let content = vec![1u8; 2 * CHUNK_LEN];
+        let files = [(p("f"), Meta::file(0o644, 0, 1))];
+        send_files(&mut client, 1, &files, TIMEOUT, async |_, _| {
+            Ok(Some(content.clone()))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        send(&mut client, &Message::DataDone { sync: 1 })
+            .await
+            .unwrap();
+        let lasts: Vec<bool> = received(&mut server)
+            .await
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::FileData { last, .. } => Some(last),
+                _ => None,
+            })
+            .collect();
+        assert!(lasts.len() > 1);
+        assert_eq!(lasts.iter().filter(|l| **l).count(), 1);
+        assert_eq!(lasts.last(), Some(&true));
+    }
+
+    #[test]
+    fn bare_file_data_on_the_wire_is_malformed() {
+        let message = Message::FileData {
+            sync: 1,
+            path: p("f"),
+            data: vec![1],
+            last: true,
+        };
+        let error = Inbound::default().accept(message).unwrap_err();
+        assert!(error.is_malformed());
+    }
+
+    #[test]
+    fn an_archive_cut_short_is_malformed_at_data_done() {
+        let mut packer = Packer::new();
+        packer.file(&p("f"), 0o644, 0, &[7; 5000]).unwrap();
+        let frames = packer.finish().unwrap();
+        let mut inbound = Inbound::default();
+        // A stream that stopped early: the header and part of the data.
+        let half = Message::Archive {
+            sync: 1,
+            data: lz4_frame_of_tar_prefix(&frames),
+        };
+        inbound.accept(half).unwrap();
+        let error = inbound.accept(Message::DataDone { sync: 1 }).unwrap_err();
+        assert!(error.is_malformed(), "{error}");
+    }
+
+    /// One lz4 frame holding the first 1024 tar bytes of `frames`.
+    fn lz4_frame_of_tar_prefix(frames: &[Vec<u8>]) -> Vec<u8> {
+        use std::io::{Read, Write};
+        let mut tar = Vec::new();
+        for frame in frames {
+            lz4_flex::frame::FrameDecoder::new(&frame[..])
+                .read_to_end(&mut tar)
+                .unwrap();
+        }
+        let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
+        encoder.write_all(&tar[..1024]).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn a_symlink_in_a_sync_archive_is_malformed() {
+        let mut packer = Packer::new();
+        packer.symlink(&p("l"), b"/etc", 0).unwrap();
+        let mut inbound = Inbound::default();
+        let mut result = Ok(Vec::new());
+        for data in packer.finish().unwrap() {
+            result = inbound.accept(Message::Archive { sync: 1, data });
+            if result.is_err() {
+                break;
+            }
+        }
+        assert!(result.is_err_and(|e| e.is_malformed()));
     }
 
     #[tokio::test]

@@ -1,1 +1,408 @@
-//! placeholder
+//! End-to-end harness: real `unionsync` processes over loopback and temp
+//! directories.
+//!
+//! ```text
+//! Scene (temp dir) ── home/ ◄── `unionsync project serve` (Daemon) ◄── ws ──┐
+//!                  ├─ compute-N/upper, compute-N/whiteouts ◄── `unionsync compute run` (Daemon)
+//!                  └─ token, logs/
+//! ```
+//!
+//! Every [`Daemon`] is killed and reaped when dropped, so a failing test
+//! leaves no process behind; the temp directory goes with the [`Scene`],
+//! which prints the daemons' logs if the test is failing.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `unionsync` binary of this build (`cargo test --workspace` builds it
+/// for the shell's own integration tests, next to this test's `deps/`).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let binary = dir.join("unionsync");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build -p unionsync` (cargo test --workspace does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A running daemon, killed (SIGKILL) and reaped on drop.
+pub struct Daemon {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// `kill -9`, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for it to exit on its own; its exit status and log.
+    pub fn wait_exit(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                return (status.code(), log);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not exit within {timeout:?}", self.log.display());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One compute server's directories.
+#[derive(Clone, Debug)]
+pub struct ComputeDirs {
+    pub id: u64,
+    pub upper: PathBuf,
+    pub whiteouts: PathBuf,
+}
+
+/// A project home, a token and a port, in a temp directory.
+pub struct Scene {
+    dir: tempfile::TempDir,
+    pub home: PathBuf,
+    pub token: PathBuf,
+    pub port: u16,
+    logs: std::cell::RefCell<Vec<PathBuf>>,
+}
+
+/// A port that was free a moment ago (the daemon binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+impl Default for Scene {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scene {
+    pub fn new() -> Scene {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).expect("creating home");
+        std::fs::create_dir(dir.path().join("logs")).expect("creating logs");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "e2e-secret\n").expect("writing the token");
+        Scene {
+            dir,
+            home,
+            token,
+            port: free_port(),
+            logs: Default::default(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/", self.port)
+    }
+
+    fn spawn(&self, name: &str, args: &[&OsStr]) -> Daemon {
+        let log = self
+            .dir
+            .path()
+            .join("logs")
+            .join(format!("{name}-{}.log", self.logs.borrow().len()));
+        let file = std::fs::File::create(&log).expect("creating a log file");
+        let child = Command::new(binary())
+            .args(args)
+            .env("RUST_LOG", "unionsync=debug")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file handle"))
+            .stderr(file)
+            .spawn()
+            .expect("starting unionsync");
+        self.logs.borrow_mut().push(log.clone());
+        Daemon { child, log }
+    }
+
+    /// `unionsync project serve` on this scene's home and port; returns
+    /// once it accepts connections.
+    pub fn start_project(&self) -> Daemon {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mut daemon = self.spawn(
+            "project",
+            &[
+                "project".as_ref(),
+                "serve".as_ref(),
+                "--home".as_ref(),
+                self.home.as_os_str(),
+                "--listen".as_ref(),
+                listen.as_ref(),
+                "--token-file".as_ref(),
+                self.token.as_os_str(),
+            ],
+        );
+        wait_for(
+            "the project server to listen",
+            Duration::from_secs(20),
+            || {
+                assert!(
+                    daemon.running(),
+                    "the project server exited: {}",
+                    read(&daemon.log)
+                );
+                std::net::TcpStream::connect(&listen).is_ok()
+            },
+        );
+        daemon
+    }
+
+    /// Directories for compute server `id` (created empty).
+    pub fn compute_dirs(&self, id: u64) -> ComputeDirs {
+        let base = self.dir.path().join(format!("compute-{id}"));
+        let dirs = ComputeDirs {
+            id,
+            upper: base.join("upper"),
+            whiteouts: base.join("whiteouts"),
+        };
+        std::fs::create_dir_all(&dirs.upper).expect("creating the upper");
+        std::fs::create_dir_all(&dirs.whiteouts).expect("creating the whiteouts");
+        dirs
+    }
+
+    /// `unionsync compute run` syncing every few hundred milliseconds, with
+    /// the home as its lower (as a mount of it would be).
+    pub fn start_compute(&self, dirs: &ComputeDirs) -> Daemon {
+        self.start_compute_with_token(dirs, &self.token)
+    }
+
+    pub fn start_compute_with_token(&self, dirs: &ComputeDirs, token: &Path) -> Daemon {
+        let id = dirs.id.to_string();
+        let url = self.url();
+        self.spawn(
+            &format!("compute-{id}"),
+            &[
+                "compute".as_ref(),
+                "run".as_ref(),
+                "--upper".as_ref(),
+                dirs.upper.as_os_str(),
+                "--whiteouts".as_ref(),
+                dirs.whiteouts.as_os_str(),
+                "--lower".as_ref(),
+                self.home.as_os_str(),
+                "--project".as_ref(),
+                url.as_ref(),
+                "--id".as_ref(),
+                id.as_ref(),
+                "--token-file".as_ref(),
+                token.as_os_str(),
+                "--interval-min".as_ref(),
+                "0.2".as_ref(),
+                "--interval-max".as_ref(),
+                "0.5".as_ref(),
+            ],
+        )
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for log in self.logs.borrow().iter() {
+                eprintln!("===== {} =====\n{}", log.display(), read(log));
+            }
+        }
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| format!("(unreadable: {e})"))
+}
+
+/// Polls `done` until it holds; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a tree holds at one path, as sync promises to carry it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    File {
+        mode: u32,
+        mtime_ns: i64,
+        data: Vec<u8>,
+    },
+    Dir {
+        mode: u32,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+}
+
+/// Every entry beneath `root` (never following symlinks), keyed by the
+/// relative path's bytes; the reserved `.unionsync` directory is left out.
+pub fn tree(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
+    let mut out = BTreeMap::new();
+    walk(root, Path::new(""), &mut out);
+    out
+}
+
+fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<Vec<u8>, Entry>) {
+    let Ok(entries) = std::fs::read_dir(root.join(rel)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let rel = rel.join(entry.file_name());
+        if rel == Path::new(".unionsync") {
+            continue;
+        }
+        let path = root.join(&rel);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        let key = rel.as_os_str().as_bytes().to_vec();
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).unwrap_or_default();
+            let target = target.as_os_str().as_bytes().to_vec();
+            out.insert(key, Entry::Symlink { target });
+        } else if meta.is_dir() {
+            out.insert(key, Entry::Dir { mode });
+            walk(root, &rel, out);
+        } else {
+            let data = std::fs::read(&path).unwrap_or_default();
+            let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+            out.insert(
+                key,
+                Entry::File {
+                    mode,
+                    mtime_ns,
+                    data,
+                },
+            );
+        }
+    }
+}
+
+/// The paths whose deletion `whiteouts` records (`<parent>/.wh.<name>`).
+pub fn whiteouts(whiteouts: &Path) -> Vec<Vec<u8>> {
+    tree(whiteouts)
+        .into_iter()
+        .filter_map(|(path, entry)| {
+            let Entry::File { .. } = entry else {
+                return None;
+            };
+            let path = PathBuf::from(OsStr::from_bytes(&path));
+            let name = path.file_name()?.as_bytes().strip_prefix(b".wh.")?.to_vec();
+            let mut out = path.parent()?.as_os_str().as_bytes().to_vec();
+            if !out.is_empty() {
+                out.push(b'/');
+            }
+            out.extend(name);
+            Some(out)
+        })
+        .collect()
+}
+
+/// Records the deletion of `path` as the union would: a whiteout marker.
+pub fn write_whiteout(whiteouts: &Path, path: &str) {
+    let path = Path::new(path);
+    let name = path.file_name().expect("a path with a name");
+    let dir = whiteouts.join(path.parent().unwrap_or(Path::new("")));
+    std::fs::create_dir_all(&dir).expect("creating whiteout parents");
+    let mut marker = b".wh.".to_vec();
+    marker.extend_from_slice(name.as_bytes());
+    std::fs::write(dir.join(OsStr::from_bytes(&marker)), b"").expect("writing a whiteout");
+}
+
+/// Does the union of `dirs` over `home` show exactly the home? Every upper
+/// entry must equal the home's, and no whited-out path may exist there.
+/// (Paths only in the home are what the lower shows: nothing to compare.)
+pub fn converged(home: &Path, dirs: &ComputeDirs) -> Result<(), String> {
+    let home_tree = tree(home);
+    for (path, entry) in tree(&dirs.upper) {
+        let shown = String::from_utf8_lossy(&path).into_owned();
+        match home_tree.get(&path) {
+            Some(project) if *project == entry => {}
+            project => return Err(format!("{shown}: upper {entry:?}, project {project:?}")),
+        }
+    }
+    for path in whiteouts(&dirs.whiteouts) {
+        if home_tree.contains_key(&path) {
+            let shown = String::from_utf8_lossy(&path).into_owned();
+            return Err(format!(
+                "{shown}: deleted on compute-{}, still in the project",
+                dirs.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until [`converged`]; panics with the last difference seen.
+pub fn wait_converged(home: &Path, dirs: &ComputeDirs, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match converged(home, dirs) {
+            Ok(()) => return,
+            Err(why) if Instant::now() >= deadline => {
+                panic!(
+                    "compute-{} did not converge within {timeout:?}: {why}",
+                    dirs.id
+                )
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Every file in the conflicts area of `home`: (path below the stamp, content).
+pub fn conflicts(home: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let root = home.join(".unionsync/conflicts");
+    tree(&root)
+        .into_iter()
+        .filter_map(|(path, entry)| match entry {
+            Entry::File { data, .. } => {
+                // <id>/<stamp>/<path>
+                let mut parts = path.splitn(3, |b| *b == b'/');
+                let (_, _, rest) = (parts.next()?, parts.next()?, parts.next()?);
+                Some((rest.to_vec(), data))
+            }
+            _ => None,
+        })
+        .collect()
+}
