@@ -11,10 +11,12 @@
 # text each), and one 1 GiB file alternating 1 MiB random / 1 MiB text.
 #
 # Usage: benches/tar_lz4_baseline.sh [runs]   (default 5; uses hyperfine
-# when installed). Needs tar, lz4, bash; ~2.2 GB free in $TMPDIR.
+# when installed; SETS="small" or SETS="big" for one data set). Needs tar,
+# lz4, bash; ~2.2 GB free in $TMPDIR.
 set -euo pipefail
 
 runs=${1:-5}
+sets=${SETS:-small big}
 for tool in tar lz4; do
     command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
 done
@@ -28,33 +30,34 @@ line='the quick brown fox jumps over the lazy dog; 0123456789'
 text_2k=$(yes "$line" | head -c 2048 || true)
 yes "$line" | head -c $((1 << 20)) >"$work/text_1m" || true
 
-echo "making small_files (10,000 x 4 KiB in 100 dirs)..." >&2
-small="$work/small"
-mkdir -p "$small/src"
-for d in $(seq -w 0 99); do
-    mkdir "$small/src/d$d"
-    # 100 pieces of 2 KiB random, named f000..f099, then 2 KiB text each.
-    head -c $((100 * 2048)) /dev/urandom |
-        split -b 2048 -a 3 -d - "$small/src/d$d/f"
-    for f in "$small/src/d$d"/f*; do
-        printf '%s' "$text_2k" >>"$f"
+make_small() { # 100 dirs of 100 files: 2 KiB random + 2 KiB text each
+    mkdir -p "$work/small/src"
+    for d in $(seq -w 0 99); do
+        mkdir "$work/small/src/d$d"
+        head -c $((100 * 2048)) /dev/urandom |
+            split -b 2048 -a 3 -d - "$work/small/src/d$d/f"
+        for f in "$work/small/src/d$d"/f*; do
+            printf '%s' "$text_2k" >>"$f"
+        done
     done
-done
+}
 
-echo "making one_big_file (1 GiB)..." >&2
-big="$work/big"
-mkdir -p "$big/src"
-for _ in $(seq 512); do
-    head -c $((1 << 20)) /dev/urandom
-    cat "$work/text_1m"
-done >"$big/src/big"
+make_big() { # 1 MiB random, 1 MiB text, ... for 1 GiB
+    mkdir -p "$work/big/src"
+    for _ in $(seq 512); do
+        head -c $((1 << 20)) /dev/urandom
+        cat "$work/text_1m"
+    done >"$work/big/src/big"
+}
 
 pipeline() { # src dst
     tar -C "$1" -cf - . | lz4 -q -c | lz4 -q -dc | tar -C "$2" -xf -
 }
 export -f pipeline
 
-for set in small big; do
+for set in $sets; do
+    echo "making $set..." >&2
+    "make_$set"
     bytes=$(find "$work/$set/src" -type f -printf '%s\n' | awk '{ n += $1 } END { print n }')
     src="$work/$set/src" dst="$work/$set/dst"
     if command -v hyperfine >/dev/null; then

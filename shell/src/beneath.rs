@@ -74,8 +74,8 @@ fn meta_of(stat: &rfs::Stat, target: Option<Vec<u8>>) -> Meta {
         },
         kind,
         mode: stat.st_mode & PERM_MASK,
-        mtime_ns: ns(stat.st_mtime, stat.st_mtime_nsec as u64),
-        ctime_ns: ns(stat.st_ctime, stat.st_ctime_nsec as u64),
+        mtime_ns: ns(stat.st_mtime, stat.st_mtime_nsec),
+        ctime_ns: ns(stat.st_ctime, stat.st_ctime_nsec),
         hash: None,
     }
 }

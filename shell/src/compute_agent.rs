@@ -92,6 +92,7 @@ pub async fn run_compute_agent<C: Connector, St: ComputeStore>(
     };
     agent.publish();
     let mut delay = Duration::ZERO;
+    let mut last_connect_error: Option<String> = None;
     loop {
         // Disconnected: wait, connect, handshake; commands still apply.
         let connected = {
@@ -119,9 +120,17 @@ pub async fn run_compute_agent<C: Connector, St: ComputeStore>(
             }
         };
         let mut ws = match connected {
-            Ok(ws) => ws,
+            Ok(ws) => {
+                last_connect_error = None;
+                ws
+            }
             Err(error) => {
-                tracing::debug!(%error, url = %config.url, "cannot reach the project");
+                // Say it once per distinct error, not on every retry.
+                let text = error.to_string();
+                if last_connect_error.as_ref() != Some(&text) {
+                    tracing::warn!(%error, url = %config.url, "cannot reach the project (retrying)");
+                    last_connect_error = Some(text);
+                }
                 delay = config.backoff(delay);
                 continue;
             }

@@ -20,6 +20,10 @@ use crate::compute_agent::{run_compute_agent, AgentCommand, ComputeAgentConfig, 
 use crate::compute_disk::{ComputeDirs, DiskComputeStore};
 use crate::project_disk::DiskProjectStore;
 use crate::project_server::serve;
+use crate::tls::{self, TlsError, TlsListener, TlsTcpConnector};
+
+/// How long a TLS client may take to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -37,6 +41,8 @@ pub enum DaemonError {
     Insecure(String),
     #[error("the token is empty: put a secret in the token file")]
     EmptyToken,
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -63,6 +69,8 @@ pub struct ProjectOptions {
     pub token: Vec<u8>,
     pub allow_insecure: bool,
     pub step_timeout: Duration,
+    /// PEM certificate chain and key: serve `wss://`.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Serves compute servers from `home` until `shutdown` completes.
@@ -70,22 +78,40 @@ pub async fn run_project_server(
     options: ProjectOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    if !options.listen.ip().is_loopback() && !options.allow_insecure {
-        return Err(DaemonError::Insecure(options.listen.to_string()));
-    }
+    let tls = match &options.tls {
+        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        None if !options.listen.ip().is_loopback() && !options.allow_insecure => {
+            return Err(DaemonError::Insecure(options.listen.to_string()))
+        }
+        None => None,
+    };
     let store = DiskProjectStore::open(&options.home)
         .map_err(io(format!("project home {}", options.home.display())))?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(io(format!("listening on {}", options.listen)))?;
     let bound = listener.local_addr().map_err(io("listening socket"))?;
-    tracing::info!(home = %options.home.display(), listen = %bound, "project server ready");
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    tracing::info!(home = %options.home.display(), url = %format!("{scheme}://{bound}/"), "project server ready");
     let config = ProjectConfig {
         token: options.token,
         step_timeout: options.step_timeout,
     };
+    let served = async move {
+        match tls {
+            Some(tls) => {
+                let listener = TlsListener {
+                    tcp: listener,
+                    tls,
+                    handshake_timeout: HANDSHAKE_TIMEOUT,
+                };
+                serve(listener, store, config, None).await
+            }
+            None => serve(listener, store, config, None).await,
+        }
+    };
     tokio::select! {
-        served = serve(listener, store, config, None) => served.map_err(io("accepting connections")),
+        served = served => served.map_err(io("accepting connections")),
         () = shutdown => {
             tracing::info!("project server stopping");
             Ok(())
@@ -102,11 +128,22 @@ pub struct ComputeOptions {
     pub allow_insecure: bool,
     pub timing: Timing,
     pub step_timeout: Duration,
+    /// PEM certificates to trust for `wss://` (default: the public roots).
+    pub ca_cert: Option<PathBuf>,
 }
 
-/// `host:port` of a `ws://` URL, refusing a non-loopback host unless
-/// `allow_insecure`.
-async fn project_address(url: &str, allow_insecure: bool) -> Result<String, DaemonError> {
+/// Where a project URL points.
+#[derive(Debug, PartialEq, Eq)]
+struct ProjectUrl {
+    /// `host:port` to connect to.
+    address: String,
+    host: String,
+    tls: bool,
+}
+
+/// Parses a `ws://` or `wss://` URL, refusing plain `ws://` to a host that
+/// is not loopback unless `allow_insecure`.
+async fn project_url(url: &str, allow_insecure: bool) -> Result<ProjectUrl, DaemonError> {
     let bad = |why: &str| DaemonError::Url {
         url: url.to_string(),
         why: why.to_string(),
@@ -114,22 +151,23 @@ async fn project_address(url: &str, allow_insecure: bool) -> Result<String, Daem
     let uri: Uri = url
         .parse()
         .map_err(|e: tokio_tungstenite::tungstenite::http::uri::InvalidUri| bad(&e.to_string()))?;
-    match uri.scheme_str() {
-        Some("ws") => {}
-        Some("wss") => {
-            return Err(bad(
-                "wss:// is not supported by this build yet; use ws:// on loopback",
-            ))
-        }
-        _ => return Err(bad("expected ws://HOST:PORT/")),
-    }
+    let tls = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err(bad("expected ws://HOST:PORT/ or wss://HOST:PORT/")),
+    };
     let host = uri.host().ok_or_else(|| bad("no host"))?;
-    let port = uri.port_u16().unwrap_or(80);
-    let address = format!(
-        "{}:{port}",
-        host.trim_start_matches('[').trim_end_matches(']')
-    );
-    if !allow_insecure {
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let address = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    if !tls && !allow_insecure {
         let resolved: Vec<SocketAddr> = tokio::net::lookup_host(address.as_str())
             .await
             .map_err(io(format!("resolving {address}")))?
@@ -138,7 +176,7 @@ async fn project_address(url: &str, allow_insecure: bool) -> Result<String, Daem
             return Err(DaemonError::Insecure(address));
         }
     }
-    Ok(address)
+    Ok(ProjectUrl { address, host, tls })
 }
 
 /// Runs the compute agent on the upper and whiteouts directories until
@@ -148,7 +186,7 @@ pub async fn run_compute(
     shutdown: impl Future<Output = ()>,
     status: watch::Sender<ComputeStatus>,
 ) -> Result<(), DaemonError> {
-    let address = project_address(&options.project, options.allow_insecure).await?;
+    let url = project_url(&options.project, options.allow_insecure).await?;
     let store = DiskComputeStore::open(&options.dirs)
         .map_err(io(format!("upper {}", options.dirs.upper.display())))?;
     let config = ComputeAgentConfig {
@@ -169,28 +207,28 @@ pub async fn run_compute(
         "compute agent starting"
     );
     let (commands, command_rx) = mpsc::unbounded_channel();
-    let agent = run_compute_agent(
-        config,
-        TcpConnector(address),
-        store,
-        command_rx,
-        status,
-        None,
-    );
-    tokio::pin!(agent);
-    tokio::select! {
-        result = &mut agent => return result.map_err(|e| DaemonError::Io {
+    let agent = async move {
+        if url.tls {
+            let tls = tls::connector(options.ca_cert.as_deref())?;
+            let connector = TlsTcpConnector::new(url.address, &url.host, tls)?;
+            run_compute_agent(config, connector, store, command_rx, status, None).await
+        } else {
+            let connector = TcpConnector(url.address);
+            run_compute_agent(config, connector, store, command_rx, status, None).await
+        }
+        .map_err(|e| DaemonError::Io {
             what: "compute storage".into(),
             source: std::io::Error::other(e.0),
-        }),
+        })
+    };
+    tokio::pin!(agent);
+    tokio::select! {
+        result = &mut agent => return result,
         () = shutdown => {}
     }
     tracing::info!("compute agent stopping");
     let _ = commands.send(AgentCommand::Shutdown);
-    agent.await.map_err(|e| DaemonError::Io {
-        what: "compute storage".into(),
-        source: std::io::Error::other(e.0),
-    })
+    agent.await
 }
 
 #[cfg(test)]
@@ -199,26 +237,37 @@ mod tests {
 
     #[tokio::test]
     async fn plain_ws_to_a_remote_host_is_refused_unless_allowed() {
-        let error = project_address("ws://192.0.2.1:7000/", false)
+        let error = project_url("ws://192.0.2.1:7000/", false)
             .await
             .unwrap_err();
         assert!(matches!(error, DaemonError::Insecure(_)), "{error}");
-        let address = project_address("ws://192.0.2.1:7000/", true).await.unwrap();
-        assert_eq!(address, "192.0.2.1:7000");
+        let url = project_url("ws://192.0.2.1:7000/", true).await.unwrap();
+        assert_eq!(url.address, "192.0.2.1:7000");
+    }
+
+    #[tokio::test]
+    async fn wss_to_a_remote_host_needs_no_permission() {
+        let url = project_url("wss://project.example:7443/", false)
+            .await
+            .unwrap();
+        let expected = ProjectUrl {
+            address: "project.example:7443".into(),
+            host: "project.example".into(),
+            tls: true,
+        };
+        assert_eq!(url, expected);
     }
 
     #[tokio::test]
     async fn loopback_urls_resolve_to_host_and_port() {
-        let address = project_address("ws://127.0.0.1:7000/", false)
-            .await
-            .unwrap();
-        assert_eq!(address, "127.0.0.1:7000");
+        let url = project_url("ws://127.0.0.1:7000/", false).await.unwrap();
+        assert_eq!(url.address, "127.0.0.1:7000");
     }
 
     #[tokio::test]
     async fn urls_that_are_not_ws_are_refused() {
         for url in ["http://127.0.0.1:1/", "127.0.0.1:1", ""] {
-            let error = project_address(url, false).await.unwrap_err();
+            let error = project_url(url, false).await.unwrap_err();
             assert!(matches!(error, DaemonError::Url { .. }), "{url}: {error}");
         }
     }

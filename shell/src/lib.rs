@@ -24,6 +24,7 @@ pub mod project_disk;
 pub mod project_server;
 pub mod staging;
 pub mod store;
+pub mod tls;
 pub mod transport;
 
 /// The agents' clock: tokio's, which turmoil virtualises (never

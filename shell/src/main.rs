@@ -82,6 +82,13 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7171")]
     listen: SocketAddr,
+    /// Serve wss:// with this PEM certificate chain (with --tls-key); then
+    /// any listen address is allowed.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     token: TokenArgs,
 }
@@ -98,9 +105,14 @@ struct RunArgs {
     /// tells the scan what a deletion or a first edit replaced.
     #[arg(long, value_name = "DIR")]
     lower: Option<PathBuf>,
-    /// The project server, e.g. ws://127.0.0.1:7171/
+    /// The project server: ws://127.0.0.1:7171/ on loopback, wss://HOST:PORT/
+    /// across a network.
     #[arg(long, value_name = "URL")]
     project: String,
+    /// For wss://: trust the certificates in this PEM file (e.g. the
+    /// project's self-signed one) instead of the public web roots.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// This compute server's id: each id has its own base on the project.
     #[arg(long, value_name = "N", default_value_t = 1)]
     id: u64,
@@ -180,6 +192,7 @@ fn main() -> anyhow::Result<()> {
                 token: token(&args.token)?,
                 allow_insecure: args.token.allow_insecure,
                 step_timeout: STEP_TIMEOUT,
+                tls: args.tls_cert.zip(args.tls_key),
             };
             run_local(daemon::run_project_server(options, shutdown_signal()))??;
             Ok(())
@@ -203,6 +216,7 @@ fn main() -> anyhow::Result<()> {
                     ..Timing::default()
                 },
                 step_timeout: STEP_TIMEOUT,
+                ca_cert: args.ca_cert,
             };
             let (status, _) = tokio::sync::watch::channel(Default::default());
             run_local(daemon::run_compute(options, shutdown_signal(), status))??;

@@ -154,20 +154,24 @@ impl Scene {
     /// `unionsync project serve` on this scene's home and port; returns
     /// once it accepts connections.
     pub fn start_project(&self) -> Daemon {
+        self.start_project_with(&[])
+    }
+
+    /// [`Scene::start_project`] with more arguments.
+    pub fn start_project_with(&self, extra: &[&OsStr]) -> Daemon {
         let listen = format!("127.0.0.1:{}", self.port);
-        let mut daemon = self.spawn(
-            "project",
-            &[
-                "project".as_ref(),
-                "serve".as_ref(),
-                "--home".as_ref(),
-                self.home.as_os_str(),
-                "--listen".as_ref(),
-                listen.as_ref(),
-                "--token-file".as_ref(),
-                self.token.as_os_str(),
-            ],
-        );
+        let mut args: Vec<&OsStr> = vec![
+            "project".as_ref(),
+            "serve".as_ref(),
+            "--home".as_ref(),
+            self.home.as_os_str(),
+            "--listen".as_ref(),
+            listen.as_ref(),
+            "--token-file".as_ref(),
+            self.token.as_os_str(),
+        ];
+        args.extend_from_slice(extra);
+        let mut daemon = self.spawn("project", &args);
         wait_for(
             "the project server to listen",
             Duration::from_secs(20),
@@ -203,31 +207,40 @@ impl Scene {
     }
 
     pub fn start_compute_with_token(&self, dirs: &ComputeDirs, token: &Path) -> Daemon {
+        self.start_compute_with(dirs, &self.url(), token, &[])
+    }
+
+    /// `unionsync compute run` against `url` with more arguments.
+    pub fn start_compute_with(
+        &self,
+        dirs: &ComputeDirs,
+        url: &str,
+        token: &Path,
+        extra: &[&OsStr],
+    ) -> Daemon {
         let id = dirs.id.to_string();
-        let url = self.url();
-        self.spawn(
-            &format!("compute-{id}"),
-            &[
-                "compute".as_ref(),
-                "run".as_ref(),
-                "--upper".as_ref(),
-                dirs.upper.as_os_str(),
-                "--whiteouts".as_ref(),
-                dirs.whiteouts.as_os_str(),
-                "--lower".as_ref(),
-                self.home.as_os_str(),
-                "--project".as_ref(),
-                url.as_ref(),
-                "--id".as_ref(),
-                id.as_ref(),
-                "--token-file".as_ref(),
-                token.as_os_str(),
-                "--interval-min".as_ref(),
-                "0.2".as_ref(),
-                "--interval-max".as_ref(),
-                "0.5".as_ref(),
-            ],
-        )
+        let mut args: Vec<&OsStr> = vec![
+            "compute".as_ref(),
+            "run".as_ref(),
+            "--upper".as_ref(),
+            dirs.upper.as_os_str(),
+            "--whiteouts".as_ref(),
+            dirs.whiteouts.as_os_str(),
+            "--lower".as_ref(),
+            self.home.as_os_str(),
+            "--project".as_ref(),
+            url.as_ref(),
+            "--id".as_ref(),
+            id.as_ref(),
+            "--token-file".as_ref(),
+            token.as_os_str(),
+            "--interval-min".as_ref(),
+            "0.2".as_ref(),
+            "--interval-max".as_ref(),
+            "0.5".as_ref(),
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(&format!("compute-{id}"), &args)
     }
 }
 

@@ -269,3 +269,76 @@ fn kill_9_of_the_compute_agent_mid_transfer_loses_nothing() {
     );
     assert!(conflicts(&scene.home).is_empty());
 }
+
+/// A throwaway self-signed certificate for `localhost` (openssl CLI).
+fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        // An end-entity certificate (webpki refuses a CA as a server's).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is installed (.ci/run installs it)");
+    assert!(status.success());
+    (cert, key)
+}
+
+#[test]
+fn wss_with_a_trusted_certificate_syncs() {
+    let scene = Scene::new();
+    let (cert, key) = self_signed(scene.path());
+    let c = scene.compute_dirs(1);
+    write(&c.upper.join("over-tls.txt"), b"encrypted on the way");
+    let _project = scene.start_project_with(&[
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ]);
+    let url = format!("wss://localhost:{}/", scene.port);
+    let _compute = scene.start_compute_with(
+        &c,
+        &url,
+        &scene.token,
+        &["--ca-cert".as_ref(), cert.as_os_str()],
+    );
+    wait_converged(&scene, &c);
+    wait_for("the file over TLS", CONVERGE, || {
+        file_data(&scene.home, "over-tls.txt").is_some()
+    });
+}
+
+#[test]
+fn wss_to_an_untrusted_certificate_moves_nothing() {
+    let scene = Scene::new();
+    let (cert, key) = self_signed(scene.path());
+    let c = scene.compute_dirs(1);
+    write(&c.upper.join("secret.txt"), b"not for an impostor");
+    let project = scene.start_project_with(&[
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ]);
+    // No --ca-cert: the self-signed certificate is not trusted.
+    let url = format!("wss://localhost:{}/", scene.port);
+    let _compute = scene.start_compute_with(&c, &url, &scene.token, &[]);
+    wait_for("the failed handshake in the project log", CONVERGE, || {
+        std::fs::read_to_string(&project.log).is_ok_and(|log| log.contains("TLS handshake failed"))
+    });
+    assert!(tree(&scene.home).is_empty());
+}
