@@ -59,21 +59,31 @@ for set in $sets; do
     echo "making $set..." >&2
     "make_$set"
     bytes=$(find "$work/$set/src" -type f -printf '%s\n' | awk '{ n += $1 } END { print n }')
-    src="$work/$set/src" dst="$work/$set/dst"
+    src="$work/$set/src"
+    # A new destination per run, made and synced untimed. The small set's
+    # are all kept: creating 10,000 files right after deleting as many makes
+    # ext4 crawl (recently_deleted inode scans); the big one's are removed.
+    keep=$([[ $set == small ]] && echo 1 || echo 0)
     if command -v hyperfine >/dev/null; then
-        hyperfine --runs "$runs" --warmup 1 \
-            --prepare "rm -rf '$dst' && mkdir '$dst'" \
-            "pipeline '$src' '$dst'" --export-json "$work/$set.json" >&2
+        hyperfine --shell bash --runs "$runs" --warmup 1 \
+            --prepare "{ [ $keep = 1 ] || rm -rf '$work/$set/dsts'; } &&
+                mkdir -p '$work/$set/dsts' && d=\$(mktemp -d -p '$work/$set/dsts') &&
+                ln -sfn \"\$d\" '$work/$set/dst' && sync" \
+            "pipeline '$src' '$work/$set/dst/'" --export-json "$work/$set.json" >&2
         mean=$(grep -m1 '"mean"' "$work/$set.json" | tr -dc '0-9.')
+        dst="$work/$set/dst/"
     else
         total=0
-        rm -rf "$dst" && mkdir "$dst" && pipeline "$src" "$dst" # warm-up
-        for _ in $(seq "$runs"); do
-            rm -rf "$dst" && mkdir "$dst"
+        for i in $(seq 0 "$runs"); do # run 0: warm-up
+            [[ $keep == 1 ]] || rm -rf "$work/$set"/dst.*
+            dst="$work/$set/dst.$i"
+            mkdir "$dst" && sync
             start=$(date +%s.%N)
             pipeline "$src" "$dst"
             end=$(date +%s.%N)
-            total=$(awk -v t="$total" -v s="$start" -v e="$end" 'BEGIN { print t + e - s }')
+            if ((i > 0)); then
+                total=$(awk -v t="$total" -v s="$start" -v e="$end" 'BEGIN { print t + e - s }')
+            fi
         done
         mean=$(awk -v t="$total" -v n="$runs" 'BEGIN { print t / n }')
     fi

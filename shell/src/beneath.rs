@@ -56,7 +56,7 @@ fn absent_as_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
 }
 
 /// The metadata of a stat, with the target for a symlink.
-fn meta_of(stat: &rfs::Stat, target: Option<Vec<u8>>) -> Meta {
+pub fn meta_of(stat: &rfs::Stat, target: Option<Vec<u8>>) -> Meta {
     let kind = match (rfs::FileType::from_raw_mode(stat.st_mode), target) {
         (rfs::FileType::Directory, _) => Kind::Dir,
         (rfs::FileType::Symlink, Some(target)) => Kind::Symlink { target },
@@ -389,6 +389,104 @@ impl Root {
     pub fn fsync_dir(&self) -> io::Result<()> {
         rfs::fsync(&self.dir)?;
         Ok(())
+    }
+
+    /// The raw `lstat` of `path` (`None`: absent), for the union's
+    /// attributes.
+    pub fn lstat(&self, path: &RelPath) -> io::Result<Option<rfs::Stat>> {
+        absent_as_none(
+            self.parent(path)
+                .and_then(|(dir, name)| Ok(rfs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)?)),
+        )
+    }
+
+    /// The raw `stat` of the root itself.
+    pub fn root_stat(&self) -> io::Result<rfs::Stat> {
+        Ok(rfs::fstat(&self.dir)?)
+    }
+
+    /// Opens `path` beneath the root (never through a symlink, the last
+    /// component included) with `flags`; `mode` for a creation.
+    pub fn open_with(&self, path: &RelPath, flags: OFlags, mode: u32) -> io::Result<File> {
+        let (dir, name) = self.parent(path)?;
+        let fd = rfs::openat(
+            &dir,
+            name,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// The target of the symlink at `path`.
+    pub fn read_link(&self, path: &RelPath) -> io::Result<Vec<u8>> {
+        let (dir, name) = self.parent(path)?;
+        Ok(rfs::readlinkat(&dir, name, Vec::new())?.into_bytes())
+    }
+
+    /// The names in directory `dir` (the root for `None`), without `.`/`..`.
+    pub fn names(&self, dir: Option<&RelPath>) -> io::Result<Vec<Vec<u8>>> {
+        let fd = self.dir_fd(dir.map(RelPath::as_bytes))?;
+        let mut names = Vec::new();
+        for entry in rfs::Dir::read_from(&fd)? {
+            let name = entry?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Renames within this root (`flags`: no-replace, exchange).
+    pub fn rename(&self, from: &RelPath, to: &RelPath, flags: RenameFlags) -> io::Result<()> {
+        let (from_dir, from_name) = self.parent(from)?;
+        let (to_dir, to_name) = self.parent(to)?;
+        rfs::renameat_with(&from_dir, from_name, &to_dir, to_name, flags)?;
+        Ok(())
+    }
+
+    /// A hard link `to` of `from`, both beneath this root.
+    pub fn link(&self, from: &RelPath, to: &RelPath) -> io::Result<()> {
+        let (from_dir, from_name) = self.parent(from)?;
+        let (to_dir, to_name) = self.parent(to)?;
+        rfs::linkat(&from_dir, from_name, &to_dir, to_name, AtFlags::empty())?;
+        Ok(())
+    }
+
+    /// Sets owner and group (either may be left alone), not following a
+    /// symlink.
+    pub fn chown(&self, path: &RelPath, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        let (dir, name) = self.parent(path)?;
+        let uid = uid.map(rfs::Uid::from_raw);
+        let gid = gid.map(rfs::Gid::from_raw);
+        rfs::chownat(&dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(())
+    }
+
+    /// Sets access and modification times (`None`: leave), not following a
+    /// symlink.
+    pub fn set_times(
+        &self,
+        path: &RelPath,
+        atime: Option<Timespec>,
+        mtime: Option<Timespec>,
+    ) -> io::Result<()> {
+        let (dir, name) = self.parent(path)?;
+        let omit = Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        };
+        let times = Timestamps {
+            last_access: atime.unwrap_or(omit),
+            last_modification: mtime.unwrap_or(omit),
+        };
+        rfs::utimensat(&dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(())
+    }
+
+    /// Filesystem statistics of the filesystem holding the root.
+    pub fn statvfs(&self) -> io::Result<rfs::StatVfs> {
+        Ok(rfs::fstatvfs(&self.dir)?)
     }
 
     /// Flushes the whole filesystem holding this root to disk: once before
