@@ -26,6 +26,7 @@ pub mod staging;
 pub mod store;
 pub mod tls;
 pub mod transport;
+pub mod union;
 
 /// The agents' clock: tokio's, which turmoil virtualises (never
 /// `std::time::Instant::now` or `SystemTime`).

@@ -1,0 +1,922 @@
+//! The FUSE edge: inode and handle tables over [`Layers`], every mutation
+//! journaled. FUSE types stay in this file; the helpers return
+//! `Result<_, Errno>` and the trait methods only reply.
+//!
+//! ```text
+//! kernel ─► lookup/getattr/readdir ─► read lock ─► Layers::resolve / list
+//!        ─► create/write/unlink/rename/setattr ─► write lock ─► journal.note(path, seen)
+//!                                                 ─► copy-up if lower ─► upper / whiteouts
+//!        ─► read/write on an open handle ─► pread/pwrite (no lock)
+//! ```
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    WriteFlags,
+};
+use rustix::fs::{OFlags, Stat, Timespec};
+use unionsync_core::{Meta, RelPath};
+
+use super::journal::SharedJournal;
+use super::layers::{is_dir, path_error, Layer, Layers};
+use crate::beneath::meta_of;
+
+/// How long the kernel may cache entries and attributes. The sync's own
+/// changes under the mount are invalidated explicitly.
+const TTL: Duration = Duration::from_secs(1);
+
+type Result<T> = std::result::Result<T, Errno>;
+
+fn errno(error: std::io::Error) -> Errno {
+    Errno::from(error)
+}
+
+/// Inode numbers, stable for the life of the mount: one per path the
+/// kernel has seen. A path removed loses its number (a new file there gets
+/// a new one); its open handles keep working.
+#[derive(Default)]
+struct Inodes {
+    paths: HashMap<u64, RelPath>,
+    numbers: HashMap<RelPath, u64>,
+    next: u64,
+}
+
+const ROOT: u64 = 1;
+
+impl Inodes {
+    fn number(&mut self, path: &RelPath) -> u64 {
+        if let Some(ino) = self.numbers.get(path) {
+            return *ino;
+        }
+        self.next = self.next.max(ROOT) + 1;
+        self.numbers.insert(path.clone(), self.next);
+        self.paths.insert(self.next, path.clone());
+        self.next
+    }
+
+    /// `None` for the root.
+    fn path(&self, ino: u64) -> Result<Option<RelPath>> {
+        if ino == ROOT {
+            return Ok(None);
+        }
+        self.paths.get(&ino).cloned().map(Some).ok_or(Errno::ENOENT)
+    }
+
+    fn forget_path(&mut self, path: &RelPath) {
+        let below: Vec<RelPath> = self
+            .numbers
+            .keys()
+            .filter(|p| *p == path || path.is_ancestor_of(p))
+            .cloned()
+            .collect();
+        for p in below {
+            if let Some(ino) = self.numbers.remove(&p) {
+                self.paths.remove(&ino);
+            }
+        }
+    }
+
+    /// Moves `from` and everything below it to `to`, keeping their numbers.
+    fn rename(&mut self, from: &RelPath, to: &RelPath) {
+        self.forget_path(to);
+        let moved: Vec<(RelPath, u64)> = self
+            .numbers
+            .iter()
+            .filter(|(p, _)| *p == from || from.is_ancestor_of(p))
+            .map(|(p, ino)| (p.clone(), *ino))
+            .collect();
+        for (old, ino) in moved {
+            let rest = &old.as_bytes()[from.as_bytes().len()..];
+            let mut bytes = to.as_bytes().to_vec();
+            bytes.extend_from_slice(rest);
+            let Ok(new) = RelPath::new(bytes) else {
+                continue;
+            };
+            self.numbers.remove(&old);
+            self.numbers.insert(new.clone(), ino);
+            self.paths.insert(ino, new);
+        }
+    }
+}
+
+struct Handle {
+    file: File,
+    ino: u64,
+}
+
+pub struct UnionFs {
+    layers: Layers,
+    journal: SharedJournal,
+    /// Structure changes (and the sync's steps) exclusive, lookups shared.
+    tree: Arc<RwLock<()>>,
+    inodes: Mutex<Inodes>,
+    files: Mutex<HashMap<u64, Arc<Handle>>>,
+    dirs: Mutex<HashMap<u64, Vec<(u64, FileType, Vec<u8>)>>>,
+    next_handle: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Tables stay consistent across a panicking request: each update is a
+    // single insert or remove.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn kind_of(stat: &Stat) -> FileType {
+    use rustix::fs::FileType as F;
+    match F::from_raw_mode(stat.st_mode) {
+        F::Directory => FileType::Directory,
+        F::Symlink => FileType::Symlink,
+        F::Fifo => FileType::NamedPipe,
+        F::Socket => FileType::Socket,
+        F::CharacterDevice => FileType::CharDevice,
+        F::BlockDevice => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn time(sec: i64, nsec: u64) -> SystemTime {
+    let nanos = Duration::from_nanos(nsec);
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::from_secs(sec as u64) + nanos
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + nanos
+    }
+}
+
+fn attr(ino: u64, stat: &Stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: stat.st_size as u64,
+        blocks: stat.st_blocks as u64,
+        atime: time(stat.st_atime, stat.st_atime_nsec),
+        mtime: time(stat.st_mtime, stat.st_mtime_nsec),
+        ctime: time(stat.st_ctime, stat.st_ctime_nsec),
+        crtime: UNIX_EPOCH,
+        kind: kind_of(stat),
+        perm: (stat.st_mode & 0o7777) as u16,
+        nlink: stat.st_nlink as u32,
+        uid: stat.st_uid,
+        gid: stat.st_gid,
+        rdev: stat.st_rdev as u32,
+        blksize: stat.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn timespec(time: TimeOrNow) -> Timespec {
+    let time = match time {
+        TimeOrNow::SpecificTime(time) => time,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    let (sec, nsec) = match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+        }
+    };
+    Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    }
+}
+
+impl UnionFs {
+    pub fn new(layers: Layers, journal: SharedJournal, tree: Arc<RwLock<()>>) -> UnionFs {
+        UnionFs {
+            layers,
+            journal,
+            tree,
+            inodes: Mutex::new(Inodes::default()),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+        }
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<Option<RelPath>> {
+        lock(&self.inodes).path(ino.0)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<RelPath> {
+        let name = name.as_bytes();
+        match self.path(parent)? {
+            Some(dir) => dir.join(name),
+            None => RelPath::new(name.to_vec()),
+        }
+        .map_err(|e| errno(path_error(e)))
+    }
+
+    fn number(&self, path: &RelPath) -> u64 {
+        lock(&self.inodes).number(path)
+    }
+
+    fn stat(&self, path: Option<&RelPath>) -> Result<Stat> {
+        match path {
+            None => self.layers.root_stat().map_err(errno),
+            Some(path) => match self.layers.resolve(path).map_err(errno)? {
+                Some((_, stat)) => Ok(stat),
+                None => Err(Errno::ENOENT),
+            },
+        }
+    }
+
+    fn entry(&self, path: &RelPath) -> Result<FileAttr> {
+        let stat = self.stat(Some(path))?;
+        Ok(attr(self.number(path), &stat))
+    }
+
+    /// Journals a change of `path` (before making it): the first change
+    /// since the last commit records what the lower showed.
+    fn note(&self, path: &RelPath) {
+        let layers = &self.layers;
+        self.journal.lock().note(path, false, || {
+            let stat = layers.lower_view(path).ok().flatten()?;
+            let target = if kind_of(&stat) == FileType::Symlink {
+                layers.lower.read_link(path).ok()
+            } else {
+                None
+            };
+            Some(meta_of(&stat, target))
+        });
+    }
+
+    /// `path` and everything below it in the union, parents first.
+    fn subtree(&self, path: &RelPath) -> Result<Vec<RelPath>> {
+        let mut out = vec![path.clone()];
+        let mut i = 0;
+        while i < out.len() {
+            let dir = out[i].clone();
+            if self
+                .layers
+                .resolve(&dir)
+                .map_err(errno)?
+                .is_some_and(|(_, s)| is_dir(&s))
+            {
+                for listed in self.layers.list(Some(&dir)).map_err(errno)? {
+                    out.push(dir.join(&listed.name).map_err(|e| errno(path_error(e)))?);
+                }
+            }
+            i += 1;
+        }
+        Ok(out)
+    }
+
+    /// The parent directory of a new entry must exist in the union.
+    fn parent_dir(&self, path: &RelPath) -> Result<()> {
+        let stat = self.stat(path.parent().as_ref())?;
+        if is_dir(&stat) {
+            Ok(())
+        } else {
+            Err(Errno::ENOTDIR)
+        }
+    }
+
+    fn create_entry(
+        &self,
+        path: &RelPath,
+        make: impl FnOnce(&Layers) -> std::io::Result<()>,
+    ) -> Result<FileAttr> {
+        let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+        self.parent_dir(path)?;
+        if self.layers.resolve(path).map_err(errno)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        self.note(path);
+        self.layers
+            .upper_dirs(path.parent().as_ref())
+            .map_err(errno)?;
+        make(&self.layers).map_err(errno)?;
+        self.entry(path)
+    }
+
+    fn do_create(
+        &self,
+        path: &RelPath,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> Result<(FileAttr, u64)> {
+        let open_flags = OFlags::from_bits_retain(flags as u32)
+            & (OFlags::RWMODE | OFlags::APPEND | OFlags::SYNC | OFlags::DSYNC | OFlags::NONBLOCK);
+        let mut file = None;
+        let attr = self.create_entry(path, |layers| {
+            file = Some(layers.upper.open_with(
+                path,
+                open_flags | OFlags::CREATE | OFlags::EXCL,
+                mode & !umask & 0o7777,
+            )?);
+            Ok(())
+        })?;
+        let file = file.ok_or(Errno::EIO)?;
+        Ok((attr, self.add_handle(file, attr.ino.0)))
+    }
+
+    fn add_handle(&self, file: File, ino: u64) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        lock(&self.files).insert(fh, Arc::new(Handle { file, ino }));
+        fh
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>> {
+        lock(&self.files).get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn do_open(&self, ino: INodeNo, flags: OpenFlags) -> Result<u64> {
+        let path = self.path(ino)?.ok_or(Errno::EISDIR)?;
+        let raw = OFlags::from_bits_retain(flags.0 as u32);
+        let writes = raw.intersects(OFlags::WRONLY | OFlags::RDWR | OFlags::TRUNC);
+        let keep = OFlags::RWMODE | OFlags::APPEND | OFlags::TRUNC | OFlags::SYNC | OFlags::DSYNC;
+        let file = if writes {
+            let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+            self.note(&path);
+            self.layers.copy_up(&path).map_err(errno)?;
+            self.layers.upper.open_with(&path, raw & keep, 0)
+        } else {
+            let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+            match self.layers.resolve(&path).map_err(errno)? {
+                Some((Layer::Upper, _)) => self.layers.upper.open_with(&path, raw & keep, 0),
+                Some((Layer::Lower, _)) => self.layers.lower.open_with(&path, OFlags::RDONLY, 0),
+                None => return Err(Errno::ENOENT),
+            }
+        };
+        Ok(self.add_handle(file.map_err(errno)?, ino.0))
+    }
+
+    fn do_setattr(
+        &self,
+        ino: INodeNo,
+        mode: Option<u32>,
+        owner: (Option<u32>, Option<u32>),
+        size: Option<u64>,
+        times: (Option<TimeOrNow>, Option<TimeOrNow>),
+        fh: Option<FileHandle>,
+    ) -> Result<FileAttr> {
+        let Some(path) = self.path(ino)? else {
+            // The root is the upper's own directory.
+            return Err(Errno::EPERM);
+        };
+        let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+        self.note(&path);
+        self.layers.copy_up(&path).map_err(errno)?;
+        let upper = &self.layers.upper;
+        if let Some(mode) = mode {
+            upper.chmod(&path, mode).map_err(errno)?;
+        }
+        if owner.0.is_some() || owner.1.is_some() {
+            upper.chown(&path, owner.0, owner.1).map_err(errno)?;
+        }
+        if let Some(size) = size {
+            match fh.map(|fh| self.handle(fh)).transpose()? {
+                Some(handle) => handle.file.set_len(size),
+                None => upper
+                    .open_with(&path, OFlags::WRONLY, 0)
+                    .and_then(|f| f.set_len(size)),
+            }
+            .map_err(errno)?;
+        }
+        if times.0.is_some() || times.1.is_some() {
+            upper
+                .set_times(&path, times.0.map(timespec), times.1.map(timespec))
+                .map_err(errno)?;
+        }
+        let stat = upper.lstat(&path).map_err(errno)?.ok_or(Errno::ENOENT)?;
+        Ok(attr(ino.0, &stat))
+    }
+
+    fn do_unlink(&self, path: &RelPath, dir: bool) -> Result<()> {
+        let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+        let (layer, stat) = self
+            .layers
+            .resolve(path)
+            .map_err(errno)?
+            .ok_or(Errno::ENOENT)?;
+        match (dir, is_dir(&stat)) {
+            (false, true) => return Err(Errno::EISDIR),
+            (true, false) => return Err(Errno::ENOTDIR),
+            (true, true) if !self.layers.list(Some(path)).map_err(errno)?.is_empty() => {
+                return Err(Errno::ENOTEMPTY)
+            }
+            _ => {}
+        }
+        self.note(path);
+        let in_lower = self.layers.lower_view(path).map_err(errno)?.is_some();
+        if layer == Layer::Upper {
+            self.layers.upper.remove(path, dir).map_err(errno)?;
+        }
+        if dir {
+            self.layers.clear_whiteouts_below(path).map_err(errno)?;
+        }
+        if in_lower {
+            self.layers.whiteout(path).map_err(errno)?;
+        }
+        lock(&self.inodes).forget_path(path);
+        Ok(())
+    }
+
+    fn do_rename(&self, from: &RelPath, to: &RelPath, flags: RenameFlags) -> Result<()> {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            return Err(Errno::EINVAL);
+        }
+        let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+        let (_, source) = self
+            .layers
+            .resolve(from)
+            .map_err(errno)?
+            .ok_or(Errno::ENOENT)?;
+        if from == to {
+            return Ok(());
+        }
+        if from.is_ancestor_of(to) {
+            return Err(Errno::EINVAL);
+        }
+        self.parent_dir(to)?;
+        if let Some((_, target)) = self.layers.resolve(to).map_err(errno)? {
+            if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                return Err(Errno::EEXIST);
+            }
+            match (is_dir(&source), is_dir(&target)) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) if !self.layers.list(Some(to)).map_err(errno)?.is_empty() => {
+                    return Err(Errno::ENOTEMPTY)
+                }
+                _ => {}
+            }
+        }
+        let moved = self.subtree(from)?;
+        for old in &moved {
+            self.note(old);
+            let rest = &old.as_bytes()[from.as_bytes().len()..];
+            let mut new = to.as_bytes().to_vec();
+            new.extend_from_slice(rest);
+            if let Ok(new) = RelPath::new(new) {
+                self.note(&new);
+            }
+        }
+        let from_in_lower = self.layers.lower_view(from).map_err(errno)?.is_some();
+        let to_in_lower = self.layers.lower_view(to).map_err(errno)?.is_some();
+        if is_dir(&source) {
+            self.layers.copy_up_tree(from).map_err(errno)?;
+        } else {
+            self.layers.copy_up(from).map_err(errno)?;
+        }
+        self.layers
+            .upper_dirs(to.parent().as_ref())
+            .map_err(errno)?;
+        self.layers
+            .upper
+            .rename(from, to, rustix::fs::RenameFlags::empty())
+            .map_err(errno)?;
+        self.layers.clear_whiteouts_below(from).map_err(errno)?;
+        if from_in_lower {
+            self.layers.whiteout(from).map_err(errno)?;
+        }
+        if to_in_lower {
+            self.layers.whiteout(to).map_err(errno)?;
+        }
+        lock(&self.inodes).rename(from, to);
+        Ok(())
+    }
+
+    fn do_readdir(&self, ino: INodeNo) -> Result<Vec<(u64, FileType, Vec<u8>)>> {
+        let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+        let dir = self.path(ino)?;
+        let parent_ino = match dir.as_ref().and_then(RelPath::parent) {
+            Some(parent) => self.number(&parent),
+            None => ROOT,
+        };
+        let mut out = vec![
+            (ino.0, FileType::Directory, b".".to_vec()),
+            (parent_ino, FileType::Directory, b"..".to_vec()),
+        ];
+        for listed in self.layers.list(dir.as_ref()).map_err(errno)? {
+            let path = match &dir {
+                Some(dir) => dir.join(&listed.name),
+                None => RelPath::new(listed.name.clone()),
+            }
+            .map_err(|e| errno(path_error(e)))?;
+            out.push((self.number(&path), kind_of(&listed.stat), listed.name));
+        }
+        Ok(out)
+    }
+
+    /// The union's view of `path` as metadata, for the sync.
+    pub fn meta(&self, path: &RelPath) -> Option<Meta> {
+        let (_, stat) = self.layers.resolve(path).ok()??;
+        Some(meta_of(&stat, None))
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, result: Result<FileAttr>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: Result<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let result = self.child(parent, name).and_then(|path| {
+            if path.is_reserved() {
+                return Err(Errno::ENOENT);
+            }
+            let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+            self.entry(&path)
+        });
+        reply_entry(reply, result);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let result = (|| {
+            if let Some(fh) = fh {
+                let handle = self.handle(fh)?;
+                let stat = rustix::fs::fstat(&handle.file).map_err(|e| errno(e.into()))?;
+                return Ok(attr(handle.ino, &stat));
+            }
+            let path = self.path(ino)?;
+            let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+            Ok(attr(ino.0, &self.stat(path.as_ref())?))
+        })();
+        match result {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.do_setattr(ino, mode, (uid, gid), size, (atime, mtime), fh) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let result = (|| {
+            let path = self.path(ino)?.ok_or(Errno::EINVAL)?;
+            let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+            match self.layers.resolve(&path).map_err(errno)? {
+                Some((Layer::Upper, _)) => self.layers.upper.read_link(&path),
+                Some((Layer::Lower, _)) => self.layers.lower.read_link(&path),
+                None => return Err(Errno::ENOENT),
+            }
+            .map_err(errno)
+        })();
+        match result {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Only regular files: device nodes and fifos never sync.
+        let regular =
+            rustix::fs::FileType::from_raw_mode(mode) == rustix::fs::FileType::RegularFile;
+        let result = if regular {
+            self.child(parent, name)
+                // Created read-only: the handle is dropped at once.
+                .and_then(|path| self.do_create(&path, mode, umask, 0))
+                .map(|(attr, fh)| {
+                    lock(&self.files).remove(&fh);
+                    attr
+                })
+        } else {
+            Err(Errno::EPERM)
+        };
+        reply_entry(reply, result);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let result = self.child(parent, name).and_then(|path| {
+            self.create_entry(&path, |layers| {
+                layers.upper.mkdir(&path, mode & !umask & 0o7777)
+            })
+        });
+        reply_entry(reply, result);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self
+            .child(parent, name)
+            .and_then(|p| self.do_unlink(&p, false));
+        reply_empty(reply, result);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self
+            .child(parent, name)
+            .and_then(|p| self.do_unlink(&p, true));
+        reply_empty(reply, result);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let result = self.child(parent, link_name).and_then(|path| {
+            self.create_entry(&path, |layers| {
+                layers.upper.symlink(&path, target.as_os_str().as_bytes())
+            })
+        });
+        reply_entry(reply, result);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.child(parent, name).and_then(|from| {
+            let to = self.child(newparent, newname)?;
+            self.do_rename(&from, &to, flags)
+        });
+        reply_empty(reply, result);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let result = (|| {
+            let from = self.path(ino)?.ok_or(Errno::EPERM)?;
+            let to = self.child(newparent, newname)?;
+            {
+                let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+                self.note(&from);
+                self.layers.copy_up(&from).map_err(errno)?;
+            }
+            self.create_entry(&to, |layers| layers.upper.link(&from, &to))
+        })();
+        reply_entry(reply, result);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_open(ino, flags) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let result = self.handle(fh).and_then(|handle| {
+            let mut buf = vec![0u8; size as usize];
+            let mut done = 0;
+            while done < buf.len() {
+                match handle.file.read_at(&mut buf[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(errno(e)),
+                }
+            }
+            buf.truncate(done);
+            Ok(buf)
+        });
+        match result {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let result = (|| {
+            let handle = self.handle(fh)?;
+            // Every write bumps the journal, so a sync that committed
+            // between two writes does not forget the second.
+            if let Some(path) = self.path(ino)? {
+                self.note(&path);
+            }
+            handle.file.write_all_at(data, offset).map_err(errno)?;
+            Ok(data.len() as u32)
+        })();
+        match result {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.files).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.handle(fh).and_then(|handle| {
+            if datasync {
+                handle.file.sync_data()
+            } else {
+                handle.file.sync_all()
+            }
+            .map_err(errno)
+        });
+        reply_empty(reply, result);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_readdir(ino) {
+            Ok(entries) => {
+                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+                lock(&self.dirs).insert(fh, entries);
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let dirs = lock(&self.dirs);
+        let Some(entries) = dirs.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(*ino),
+                (i + 1) as u64,
+                *kind,
+                OsStr::from_bytes(name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.dirs).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.layers.upper.statvfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let result = self
+            .child(parent, name)
+            .and_then(|path| self.do_create(&path, mode, umask, flags));
+        match result {
+            Ok((attr, fh)) => reply.created(
+                &TTL,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The change journal: every path changed through the mount since the last
+//! commit, with what the lower showed before its first change. The compute
+//! agent syncs from it instead of walking the upper.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use unionsync_core::{Meta, RelPath};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// What the lower showed before the first change (a sync without a base
+    /// compares the project with it).
+    pub seen: Option<Meta>,
+    /// Bumped on every change, so a commit keeps entries changed since.
+    pub seq: u64,
+    /// The last change was a sync's own step: that sync's commit clears it.
+    pub by_sync: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    entries: BTreeMap<RelPath, Entry>,
+    seq: u64,
+}
+
+impl Journal {
+    /// Notes a change of `path`; `seen` runs only for its first change
+    /// since the last commit (it may cost a look at the lower).
+    pub fn note(&mut self, path: &RelPath, by_sync: bool, seen: impl FnOnce() -> Option<Meta>) {
+        self.seq += 1;
+        let seq = self.seq;
+        match self.entries.get_mut(path) {
+            Some(entry) => {
+                entry.seq = seq;
+                entry.by_sync = by_sync;
+            }
+            None => {
+                let entry = Entry {
+                    seen: seen(),
+                    seq,
+                    by_sync,
+                };
+                self.entries.insert(path.clone(), entry);
+            }
+        }
+    }
+
+    pub fn contains(&self, path: &RelPath) -> bool {
+        self.entries.contains_key(path)
+    }
+
+    /// The journaled paths with what each replaced, and the mark a commit
+    /// of them hands back.
+    pub fn changes(&self) -> (u64, Vec<(RelPath, Option<Meta>)>) {
+        let changes = self
+            .entries
+            .iter()
+            .map(|(path, entry)| (path.clone(), entry.seen.clone()))
+            .collect();
+        (self.seq, changes)
+    }
+
+    /// Drops committed paths unless a user changed them after `mark`.
+    pub fn commit(&mut self, mark: u64, paths: &[RelPath]) {
+        for path in paths {
+            if self
+                .entries
+                .get(path)
+                .is_some_and(|e| e.seq <= mark || e.by_sync)
+            {
+                self.entries.remove(path);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The journal as the mount's threads and the agent share it.
+#[derive(Clone, Debug, Default)]
+pub struct SharedJournal(Arc<Mutex<Journal>>);
+
+impl SharedJournal {
+    pub fn new(journal: Journal) -> SharedJournal {
+        SharedJournal(Arc::new(Mutex::new(journal)))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Journal> {
+        // A panic while holding the lock left at worst one more entry; the
+        // journal is still a valid over-approximation of what changed.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    #[test]
+    fn what_was_seen_is_taken_at_the_first_change_only() {
+        let mut journal = Journal::default();
+        journal.note(&p("f"), false, || Some(Meta::file(0o644, 1, 1)));
+        journal.note(&p("f"), false, || panic!("not asked again"));
+        assert_eq!(
+            journal.changes().1,
+            vec![(p("f"), Some(Meta::file(0o644, 1, 1)))]
+        );
+    }
+
+    #[test]
+    fn a_commit_keeps_paths_changed_after_its_mark() {
+        let mut journal = Journal::default();
+        journal.note(&p("a"), false, || None);
+        journal.note(&p("b"), false, || None);
+        let (mark, _) = journal.changes();
+        journal.note(&p("b"), false, || None);
+        journal.commit(mark, &[p("a"), p("b")]);
+        let paths: Vec<RelPath> = journal.changes().1.into_iter().map(|(p, _)| p).collect();
+        assert_eq!(paths, vec![p("b")]);
+    }
+
+    #[test]
+    fn a_sync_step_after_the_mark_is_cleared_by_its_own_commit() {
+        let mut journal = Journal::default();
+        let (mark, _) = journal.changes();
+        journal.note(&p("pulled"), true, || None);
+        journal.commit(mark, &[p("pulled")]);
+        assert!(journal.is_empty());
+    }
+}

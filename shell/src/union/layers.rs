@@ -1,0 +1,305 @@
+//! The union of an upper and a lower directory, by path: which layer
+//! answers, whiteouts, copy-up, merged listings. No FUSE types here.
+//!
+//! ```text
+//! resolve(p): upper has p ─► Upper
+//!             p or an ancestor whited out, or an ancestor an upper non-dir ─► absent
+//!             lower has p ─► Lower            else absent
+//! ```
+//!
+//! A whiteout marker (`<whiteouts>/<parent>/.wh.<name>`, the format the
+//! compute store reads) means "the lower's version of this path, and
+//! everything below it, is deleted here": a directory created again over
+//! one is therefore opaque without a marker of its own.
+
+use std::io;
+
+use rustix::fs::{OFlags, Stat, Timespec};
+use rustix::io::Errno;
+use unionsync_core::RelPath;
+
+use crate::beneath::{is_absent, Root};
+use crate::compute_disk::whiteout_marker;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    Upper,
+    Lower,
+}
+
+/// One name in a merged listing.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub name: Vec<u8>,
+    pub layer: Layer,
+    pub stat: Stat,
+}
+
+pub struct Layers {
+    pub upper: Root,
+    pub lower: Root,
+    pub whiteouts: Root,
+    /// Temp files of copy-ups, beneath the upper (same filesystem).
+    tmp: Root,
+}
+
+pub fn is_dir(stat: &Stat) -> bool {
+    rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory
+}
+
+fn join(dir: Option<&RelPath>, name: &[u8]) -> io::Result<RelPath> {
+    match dir {
+        Some(dir) => dir.join(name),
+        None => RelPath::new(name.to_vec()),
+    }
+    .map_err(path_error)
+}
+
+/// A name no path can hold: too long, or not a name at all.
+pub fn path_error(error: unionsync_core::PathError) -> io::Error {
+    use unionsync_core::PathError::{NameTooLong, TooLong};
+    match error {
+        TooLong | NameTooLong => Errno::NAMETOOLONG.into(),
+        _ => Errno::INVAL.into(),
+    }
+}
+
+impl Layers {
+    pub fn new(upper: Root, lower: Root, whiteouts: Root) -> io::Result<Layers> {
+        let tmp = RelPath::new(".unionsync/tmp").expect("valid constant");
+        let tmp = upper.subdir(&tmp, true)?;
+        for (path, meta) in tmp.walk(None)?.into_iter().rev() {
+            tmp.remove(&path, meta.is_dir())?;
+        }
+        Ok(Layers {
+            upper,
+            lower,
+            whiteouts,
+            tmp,
+        })
+    }
+
+    pub fn is_whiteout(&self, path: &RelPath) -> io::Result<bool> {
+        Ok(self.whiteouts.lstat(&whiteout_marker(path)?)?.is_some())
+    }
+
+    /// Is the lower's `path` out of sight: it or an ancestor whited out, or
+    /// an ancestor replaced by an upper non-directory?
+    fn lower_hidden(&self, path: &RelPath) -> io::Result<bool> {
+        if self.is_whiteout(path)? {
+            return Ok(true);
+        }
+        for ancestor in path.ancestors() {
+            if self.is_whiteout(&ancestor)? {
+                return Ok(true);
+            }
+            if let Some(stat) = self.upper.lstat(&ancestor)? {
+                if !is_dir(&stat) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// What the lower shows at `path` through the union (`None`: nothing,
+    /// or hidden).
+    pub fn lower_view(&self, path: &RelPath) -> io::Result<Option<Stat>> {
+        if self.lower_hidden(path)? {
+            return Ok(None);
+        }
+        self.lower.lstat(path)
+    }
+
+    /// The union's entry at `path`.
+    pub fn resolve(&self, path: &RelPath) -> io::Result<Option<(Layer, Stat)>> {
+        if let Some(stat) = self.upper.lstat(path)? {
+            return Ok(Some((Layer::Upper, stat)));
+        }
+        Ok(self.lower_view(path)?.map(|stat| (Layer::Lower, stat)))
+    }
+
+    /// The root's attributes (always the upper's root).
+    pub fn root_stat(&self) -> io::Result<Stat> {
+        self.upper.root_stat()
+    }
+
+    /// The names of directory `dir` (`None`: the root) in the union: upper
+    /// names, then lower names not shadowed or whited out. The reserved
+    /// directory at the top is never shown.
+    pub fn list(&self, dir: Option<&RelPath>) -> io::Result<Vec<Listed>> {
+        let mut out: Vec<Listed> = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let in_upper = match dir {
+            None => true,
+            Some(dir) => self.upper.lstat(dir)?.is_some_and(|s| is_dir(&s)),
+        };
+        if in_upper {
+            for name in self.upper.names(dir)? {
+                let path = join(dir, &name)?;
+                if path.is_reserved() {
+                    continue;
+                }
+                if let Some(stat) = self.upper.lstat(&path)? {
+                    seen.insert(name.clone());
+                    out.push(Listed {
+                        name,
+                        layer: Layer::Upper,
+                        stat,
+                    });
+                }
+            }
+        }
+        let lower_dir = match dir {
+            None => true,
+            Some(dir) => self.lower_view(dir)?.is_some_and(|s| is_dir(&s)),
+        };
+        if lower_dir {
+            let names = match self.lower.names(dir) {
+                Ok(names) => names,
+                Err(e) if is_absent(&e) => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            for name in names {
+                if seen.contains(&name) {
+                    continue;
+                }
+                let path = join(dir, &name)?;
+                if path.is_reserved() || self.is_whiteout(&path)? {
+                    continue;
+                }
+                if let Some(stat) = self.lower.lstat(&path)? {
+                    out.push(Listed {
+                        name,
+                        layer: Layer::Lower,
+                        stat,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes `dir` and its ancestors directories in the upper, each with
+    /// the mode and times the union shows for it.
+    pub fn upper_dirs(&self, dir: Option<&RelPath>) -> io::Result<()> {
+        let Some(dir) = dir else { return Ok(()) };
+        let mut chain: Vec<RelPath> = dir.ancestors().collect();
+        chain.reverse();
+        chain.push(dir.clone());
+        for path in chain {
+            match self.upper.lstat(&path)? {
+                Some(stat) if is_dir(&stat) => continue,
+                Some(_) => return Err(io::Error::from(Errno::NOTDIR)),
+                None => {}
+            }
+            let lower = self
+                .lower_view(&path)?
+                .ok_or_else(|| io::Error::from(Errno::NOENT))?;
+            if !is_dir(&lower) {
+                return Err(io::Error::from(Errno::NOTDIR));
+            }
+            self.upper.mkdir(&path, lower.st_mode & 0o7777)?;
+            self.copy_times(&path, &lower)?;
+        }
+        Ok(())
+    }
+
+    fn copy_times(&self, path: &RelPath, from: &Stat) -> io::Result<()> {
+        let ts = |sec: i64, nsec: u64| Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec as _,
+        };
+        self.upper.set_times(
+            path,
+            Some(ts(from.st_atime, from.st_atime_nsec)),
+            Some(ts(from.st_mtime, from.st_mtime_nsec)),
+        )
+    }
+
+    /// Copies the lower's `path` (a file, symlink or directory without its
+    /// children) into the upper: content and symlinks through a temp file
+    /// and a rename, so the upper never holds half a copy; mode and times
+    /// kept.
+    pub fn copy_up(&self, path: &RelPath) -> io::Result<()> {
+        if self.upper.lstat(path)?.is_some() {
+            return Ok(());
+        }
+        let stat = self
+            .lower_view(path)?
+            .ok_or_else(|| io::Error::from(Errno::NOENT))?;
+        self.upper_dirs(path.parent().as_ref())?;
+        let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+        match kind {
+            rustix::fs::FileType::Directory => {
+                self.upper.mkdir(path, stat.st_mode & 0o7777)?;
+                self.copy_times(path, &stat)?;
+            }
+            rustix::fs::FileType::Symlink => {
+                let target = self.lower.read_link(path)?;
+                let temp = self.temp_name();
+                self.tmp.symlink(&temp, &target)?;
+                self.upper.rename_from(&self.tmp, &temp, path, true)?;
+                self.copy_times(path, &stat)?;
+            }
+            rustix::fs::FileType::RegularFile => {
+                let mut source = self.lower.open_file(path)?;
+                let temp = self.temp_name();
+                let mut copy = self.tmp.create_file(&temp)?;
+                std::io::copy(&mut source, &mut copy)?;
+                drop(copy);
+                self.tmp.chmod(&temp, stat.st_mode & 0o7777)?;
+                self.upper.rename_from(&self.tmp, &temp, path, true)?;
+                self.copy_times(path, &stat)?;
+            }
+            _ => return Err(io::Error::from(Errno::PERM)),
+        }
+        Ok(())
+    }
+
+    /// Copies a whole lower directory tree into the upper (before renaming
+    /// it: the renamed directory must carry everything it showed).
+    pub fn copy_up_tree(&self, dir: &RelPath) -> io::Result<()> {
+        self.copy_up(dir)?;
+        for listed in self.list(Some(dir))? {
+            let path = join(Some(dir), &listed.name)?;
+            if listed.layer == Layer::Lower {
+                self.copy_up(&path)?;
+            }
+            if is_dir(&listed.stat) {
+                self.copy_up_tree(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn temp_name(&self) -> RelPath {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        RelPath::new(format!("copy-up-{}-{n}", std::process::id())).expect("valid name")
+    }
+
+    /// Records the deletion of the lower's `path`.
+    pub fn whiteout(&self, path: &RelPath) -> io::Result<()> {
+        let marker = whiteout_marker(path)?;
+        if let Some(parent) = marker.parent() {
+            self.whiteouts.mkdir_all(&parent)?;
+        }
+        self.whiteouts
+            .open_with(&marker, OFlags::WRONLY | OFlags::CREATE, 0o600)
+            .map(drop)
+    }
+
+    /// Drops the whiteouts recorded beneath directory `dir` (its lower
+    /// children are out of sight once `dir` itself is whited out).
+    pub fn clear_whiteouts_below(&self, dir: &RelPath) -> io::Result<()> {
+        for (path, meta) in self.whiteouts.walk(Some(dir))?.into_iter().rev() {
+            self.whiteouts.remove(&path, meta.is_dir())?;
+        }
+        match self.whiteouts.remove(dir, true) {
+            Err(e) if !is_absent(&e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
