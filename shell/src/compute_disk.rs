@@ -25,6 +25,8 @@ use crate::beneath::{is_absent, Root};
 use crate::persist;
 use crate::staging::{deferral, finish_dirs, still_matches, Deferred, Staging, StepResult};
 use crate::store::{Applied, ComputeStore, StoreResult};
+use crate::union::journal::SharedJournal;
+use crate::union::MountLink;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const STATE_FILE: &str = "compute";
@@ -90,6 +92,12 @@ pub struct DiskComputeStore {
     /// first noticed the change. Kept until a commit covers the path, so a
     /// crash before that cannot replace it with a later project state.
     seen: BTreeMap<RelPath, Option<Meta>>,
+    /// The live mount, when there is one: changes come from its journal,
+    /// not a scan, and steps are applied under its lock.
+    mount: Option<MountLink>,
+    /// Scan once before trusting the journal (it did not survive the last
+    /// stop, or this is the first start).
+    recovering: bool,
     /// The state of every path of the sync in flight: as scanned, then as a
     /// step left it; recorded for the paths its commit names.
     pending: BTreeMap<RelPath, Option<Reported>>,
@@ -117,8 +125,19 @@ impl DiskComputeStore {
             epoch: saved.epoch,
             recorded: saved.recorded.into_iter().collect(),
             seen: saved.seen.into_iter().collect(),
+            mount: None,
+            recovering: true,
             pending: BTreeMap::new(),
         })
+    }
+
+    /// Syncs from `mount`'s journal from now on; `clean`: the journal
+    /// holds every change since the last commit (it was saved at a clean
+    /// stop), else the first sync also scans.
+    pub fn with_mount(mut self, mount: MountLink, clean: bool) -> DiskComputeStore {
+        self.mount = Some(mount);
+        self.recovering = !clean;
+        self
     }
 
     /// Every upper entry and whiteout as it is now.
@@ -157,6 +176,32 @@ impl DiskComputeStore {
         self.seen.insert(path.clone(), seen.clone());
         *fresh = true;
         Ok(seen)
+    }
+
+    /// The journal's paths (with the ancestors the upper holds), each with
+    /// its state in the upper now and what the lower showed before.
+    fn journal_changes(&mut self, journal: &SharedJournal) -> io::Result<(u64, Vec<Change>)> {
+        let (mark, journaled) = journal.lock().changes();
+        let mut seen: BTreeMap<RelPath, Option<Meta>> = journaled.into_iter().collect();
+        let ancestors: BTreeSet<RelPath> = seen.keys().flat_map(|p| p.ancestors()).collect();
+        for ancestor in ancestors {
+            if !seen.contains_key(&ancestor) && self.upper.stat(&ancestor)?.is_some() {
+                seen.insert(ancestor, None);
+            }
+        }
+        let mut changes = Vec::with_capacity(seen.len());
+        for (path, seen) in seen {
+            let state = self.reported(&path)?;
+            self.pending.insert(path.clone(), state.clone());
+            // With a record the base decides; `seen` matters only without.
+            let seen = seen.filter(|_| !self.recorded.contains_key(&path));
+            changes.push(Change {
+                path,
+                state: state.unwrap_or(Reported::Deleted),
+                seen,
+            });
+        }
+        Ok((mark, changes))
     }
 
     fn save(&self) -> io::Result<()> {
@@ -282,6 +327,16 @@ impl ComputeStore for DiskComputeStore {
     async fn collect_changes(&mut self, full: bool) -> StoreResult<(u64, Vec<Change>)> {
         self.staging.clear()?;
         self.pending.clear();
+        if let Some(mount) = &self.mount {
+            if !full && !self.recovering {
+                return Ok(self.journal_changes(&mount.journal.clone())?);
+            }
+        }
+        let (mark, journaled) = match &self.mount {
+            Some(mount) => mount.journal.lock().changes(),
+            None => (0, Vec::new()),
+        };
+        self.recovering = false;
         let now = self.scan()?;
         let mut paths: BTreeSet<&RelPath> = if full {
             now.keys().chain(self.recorded.keys()).collect()
@@ -293,6 +348,7 @@ impl ComputeStore for DiskComputeStore {
             let gone = self.recorded.keys().filter(|path| !now.contains_key(*path));
             changed.chain(gone).collect()
         };
+        paths.extend(journaled.iter().map(|(path, _)| path));
         // Ancestors go along: only this side knows for sure what its upper
         // holds (see the model's `ComputeUnion::changes`).
         let ancestors: Vec<&RelPath> = paths
@@ -319,7 +375,7 @@ impl ComputeStore for DiskComputeStore {
         if fresh {
             self.save()?;
         }
-        Ok((0, changes))
+        Ok((mark, changes))
     }
 
     async fn hashes(
@@ -341,6 +397,36 @@ impl ComputeStore for DiskComputeStore {
     }
 
     async fn apply(&mut self, ops: &[ComputeOp]) -> StoreResult<Applied> {
+        let Some(mount) = self.mount.clone() else {
+            return Ok(self.apply_steps(ops)?);
+        };
+        let changed: Vec<RelPath>;
+        let applied = {
+            let _exclusive = mount.exclusive();
+            let applied = self.apply_steps(ops)?;
+            changed = applied.after.iter().map(|(p, _)| p.clone()).collect();
+            let mut journal = mount.journal.lock();
+            for path in &changed {
+                // A sync that never commits must report these again.
+                journal.note(path, true, || None);
+            }
+            applied
+        };
+        mount.invalidate(&changed);
+        Ok(applied)
+    }
+
+    async fn commit(&mut self, epoch: u64, mark: u64, paths: &[RelPath]) -> StoreResult<()> {
+        if let Some(mount) = &self.mount {
+            mount.journal.lock().commit(mark, paths);
+        }
+        self.commit_recorded(epoch, paths)?;
+        Ok(())
+    }
+}
+
+impl DiskComputeStore {
+    fn apply_steps(&mut self, ops: &[ComputeOp]) -> io::Result<Applied> {
         let mut applied = Applied::default();
         let mut done: Vec<RelPath> = Vec::new();
         let mut dirs = Vec::new();
@@ -374,7 +460,7 @@ impl ComputeStore for DiskComputeStore {
         Ok(applied)
     }
 
-    async fn commit(&mut self, epoch: u64, _mark: u64, paths: &[RelPath]) -> StoreResult<()> {
+    fn commit_recorded(&mut self, epoch: u64, paths: &[RelPath]) -> io::Result<()> {
         // What the recorded state describes must be on disk before it is.
         self.upper.sync_filesystem()?;
         for path in paths {

@@ -14,13 +14,16 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::http::Uri;
-use unionsync_core::{ComputeConfig, ComputeStatus, ProjectConfig, Timing};
+use unionsync_core::{ComputeConfig, ComputeStatus, ProjectConfig, RelPath, Timing};
 
+use crate::beneath::Root;
 use crate::compute_agent::{run_compute_agent, AgentCommand, ComputeAgentConfig, TcpConnector};
 use crate::compute_disk::{ComputeDirs, DiskComputeStore};
+use crate::persist;
 use crate::project_disk::DiskProjectStore;
 use crate::project_server::serve;
 use crate::tls::{self, TlsError, TlsListener, TlsTcpConnector};
+use crate::union::{self, journal::Journal, journal::SharedJournal};
 
 /// How long a TLS client may take to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -189,6 +192,17 @@ pub async fn run_compute(
     let url = project_url(&options.project, options.allow_insecure).await?;
     let store = DiskComputeStore::open(&options.dirs)
         .map_err(io(format!("upper {}", options.dirs.upper.display())))?;
+    drive_agent(options, url, store, shutdown, status).await
+}
+
+/// Runs the agent over `store` until `shutdown`, then stops it cleanly.
+async fn drive_agent(
+    options: ComputeOptions,
+    url: ProjectUrl,
+    store: DiskComputeStore,
+    shutdown: impl Future<Output = ()>,
+    status: watch::Sender<ComputeStatus>,
+) -> Result<(), DaemonError> {
     let config = ComputeAgentConfig {
         session: ComputeConfig {
             compute_id: options.compute_id,
@@ -229,6 +243,74 @@ pub async fn run_compute(
     tracing::info!("compute agent stopping");
     let _ = commands.send(AgentCommand::Shutdown);
     agent.await
+}
+
+/// Where a clean stop leaves the journal for the next start.
+const JOURNAL_FILE: &str = "journal";
+
+/// The journal a clean stop saved (then removed, so a crash before the
+/// next clean stop is seen as one), or `None`: scan once.
+fn take_saved_journal(state: &Root) -> std::io::Result<Option<Journal>> {
+    let journal = match persist::load::<Journal>(state, JOURNAL_FILE) {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            tracing::warn!(error = %e, "unreadable journal: scanning once");
+            None
+        }
+        other => other?,
+    };
+    let name = RelPath::new(JOURNAL_FILE).expect("valid constant");
+    match state.remove(&name, false) {
+        Err(e) if !crate::beneath::is_absent(&e) => return Err(e),
+        _ => {}
+    }
+    state.fsync_dir()?;
+    Ok(journal)
+}
+
+/// Mounts the union at `mountpoint` (upper over `options.dirs.lower`) and
+/// runs the agent from its journal until `shutdown`; then saves the
+/// journal and unmounts.
+pub async fn run_compute_mount(
+    options: ComputeOptions,
+    mountpoint: PathBuf,
+    shutdown: impl Future<Output = ()>,
+    status: watch::Sender<ComputeStatus>,
+) -> Result<(), DaemonError> {
+    let url = project_url(&options.project, options.allow_insecure).await?;
+    let dirs = &options.dirs;
+    let lower = dirs.lower.clone().ok_or_else(|| DaemonError::Io {
+        what: "the mount".into(),
+        source: std::io::Error::other("a lower directory is required"),
+    })?;
+    let state = Root::create(&dirs.state).map_err(io(format!("state {}", dirs.state.display())))?;
+    let saved = take_saved_journal(&state).map_err(io("loading the journal"))?;
+    let clean = saved.is_some();
+    let journal = SharedJournal::new(saved.unwrap_or_default());
+    let mounted = union::mount(
+        &mountpoint,
+        &dirs.upper,
+        &dirs.whiteouts,
+        &lower,
+        journal.clone(),
+    )
+    .map_err(io(format!("mounting {}", mountpoint.display())))?;
+    tracing::info!(mount = %mountpoint.display(), lower = %lower.display(), clean, "union mounted");
+    let store = DiskComputeStore::open(dirs)
+        .map_err(io(format!("upper {}", dirs.upper.display())))
+        .map(|store| store.with_mount(mounted.link(), clean));
+    let result = match store {
+        Ok(store) => drive_agent(options.clone(), url, store, shutdown, status).await,
+        Err(e) => Err(e),
+    };
+    let saved = persist::save(&state, JOURNAL_FILE, &*journal.lock());
+    if let Err(e) = &saved {
+        tracing::error!(error = %e, "could not save the journal: the next start scans");
+    }
+    match mounted.unmount() {
+        Ok(()) => tracing::info!(mount = %mountpoint.display(), "unmounted"),
+        Err(e) => tracing::error!(error = %e, mount = %mountpoint.display(), "unmount failed"),
+    }
+    result
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! ```text
 //! unionsync project serve --home DIR [--listen ADDR] [--token-file F]
 //! unionsync compute run --upper DIR --whiteouts DIR --project URL [--token-file F] [--id N]
+//! unionsync compute mount --mount DIR --lower DIR --upper DIR --project URL [--token-file F] [--id N]
 //! unionsync demo
 //! ```
 
@@ -59,6 +60,12 @@ enum ComputeCommand {
     ///
     /// Example: unionsync compute run --upper /var/lib/unionsync/upper --whiteouts /var/lib/unionsync/whiteouts --project ws://127.0.0.1:7171/ --id 1
     Run(RunArgs),
+    /// Mount the union (local upper over the project home mounted read-only
+    /// at --lower) at --mount and sync it from its change journal. Unmounts
+    /// on Ctrl-C or SIGTERM.
+    ///
+    /// Example: unionsync compute mount --mount ~/work --lower /mnt/project --upper /var/lib/unionsync/upper --project ws://127.0.0.1:7171/ --id 1
+    Mount(MountArgs),
 }
 
 #[derive(Args)]
@@ -105,6 +112,34 @@ struct RunArgs {
     /// tells the scan what a deletion or a first edit replaced.
     #[arg(long, value_name = "DIR")]
     lower: Option<PathBuf>,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+#[derive(Args)]
+struct MountArgs {
+    /// Where to mount the union (an empty directory): work here.
+    #[arg(long, value_name = "DIR")]
+    mount: PathBuf,
+    /// The project home as mounted on this machine (sshfs, NFS…): the
+    /// read-only lower layer.
+    #[arg(long, value_name = "DIR")]
+    lower: PathBuf,
+    /// The upper directory on local disk: everything written through the
+    /// mount lands here.
+    #[arg(long, value_name = "DIR")]
+    upper: PathBuf,
+    /// Where deletions of lower paths are recorded. Default:
+    /// <upper>/.unionsync/whiteouts.
+    #[arg(long, value_name = "DIR")]
+    whiteouts: Option<PathBuf>,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+/// What the compute agent needs, mounted or not.
+#[derive(Args)]
+struct AgentArgs {
     /// The project server: ws://127.0.0.1:7171/ on loopback, wss://HOST:PORT/
     /// across a network.
     #[arg(long, value_name = "URL")]
@@ -127,6 +162,28 @@ struct RunArgs {
     interval_max: f64,
     #[command(flatten)]
     token: TokenArgs,
+}
+
+impl AgentArgs {
+    fn options(self, mut dirs: ComputeDirs) -> anyhow::Result<ComputeOptions> {
+        if let Some(state) = self.state {
+            dirs.state = state;
+        }
+        Ok(ComputeOptions {
+            dirs,
+            project: self.project,
+            token: token(&self.token)?,
+            compute_id: self.id,
+            allow_insecure: self.token.allow_insecure,
+            timing: Timing {
+                min: seconds(self.interval_min, "--interval-min")?,
+                max: seconds(self.interval_max, "--interval-max")?,
+                ..Timing::default()
+            },
+            step_timeout: STEP_TIMEOUT,
+            ca_cert: self.ca_cert,
+        })
+    }
 }
 
 /// How long a peer may make no progress within a sync.
@@ -200,26 +257,23 @@ fn main() -> anyhow::Result<()> {
         Command::Compute(ComputeCommand::Run(args)) => {
             init_logging();
             let mut dirs = ComputeDirs::new(&args.upper, &args.whiteouts);
-            if let Some(state) = args.state {
-                dirs.state = state;
-            }
             dirs.lower = args.lower;
-            let options = ComputeOptions {
-                dirs,
-                project: args.project,
-                token: token(&args.token)?,
-                compute_id: args.id,
-                allow_insecure: args.token.allow_insecure,
-                timing: Timing {
-                    min: seconds(args.interval_min, "--interval-min")?,
-                    max: seconds(args.interval_max, "--interval-max")?,
-                    ..Timing::default()
-                },
-                step_timeout: STEP_TIMEOUT,
-                ca_cert: args.ca_cert,
-            };
+            let options = args.agent.options(dirs)?;
             let (status, _) = tokio::sync::watch::channel(Default::default());
             run_local(daemon::run_compute(options, shutdown_signal(), status))??;
+            Ok(())
+        }
+        Command::Compute(ComputeCommand::Mount(args)) => {
+            init_logging();
+            let whiteouts = args
+                .whiteouts
+                .unwrap_or_else(|| args.upper.join(".unionsync/whiteouts"));
+            let mut dirs = ComputeDirs::new(&args.upper, &whiteouts);
+            dirs.lower = Some(args.lower);
+            let options = args.agent.options(dirs)?;
+            let (status, _) = tokio::sync::watch::channel(Default::default());
+            let run = daemon::run_compute_mount(options, args.mount, shutdown_signal(), status);
+            run_local(run)??;
             Ok(())
         }
     }

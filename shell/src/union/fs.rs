@@ -46,15 +46,23 @@ fn errno(error: std::io::Error) -> Errno {
 /// kernel has seen. A path removed loses its number (a new file there gets
 /// a new one); its open handles keep working.
 #[derive(Default)]
-struct Inodes {
+pub(crate) struct Inodes {
     paths: HashMap<u64, RelPath>,
     numbers: HashMap<RelPath, u64>,
     next: u64,
 }
 
-const ROOT: u64 = 1;
+pub(crate) const ROOT: u64 = 1;
 
 impl Inodes {
+    /// The number of `path` if the kernel was told one (`None`: the root).
+    pub(crate) fn known(&self, path: Option<&RelPath>) -> Option<u64> {
+        match path {
+            None => Some(ROOT),
+            Some(path) => self.numbers.get(path).copied(),
+        }
+    }
+
     fn number(&mut self, path: &RelPath) -> u64 {
         if let Some(ino) = self.numbers.get(path) {
             return *ino;
@@ -120,13 +128,13 @@ pub struct UnionFs {
     journal: SharedJournal,
     /// Structure changes (and the sync's steps) exclusive, lookups shared.
     tree: Arc<RwLock<()>>,
-    inodes: Mutex<Inodes>,
+    inodes: Arc<Mutex<Inodes>>,
     files: Mutex<HashMap<u64, Arc<Handle>>>,
     dirs: Mutex<HashMap<u64, Vec<(u64, FileType, Vec<u8>)>>>,
     next_handle: AtomicU64,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Tables stay consistent across a panicking request: each update is a
     // single insert or remove.
     mutex.lock().unwrap_or_else(|p| p.into_inner())
@@ -193,12 +201,17 @@ fn timespec(time: TimeOrNow) -> Timespec {
 }
 
 impl UnionFs {
-    pub fn new(layers: Layers, journal: SharedJournal, tree: Arc<RwLock<()>>) -> UnionFs {
+    pub(crate) fn new(
+        layers: Layers,
+        journal: SharedJournal,
+        tree: Arc<RwLock<()>>,
+        inodes: Arc<Mutex<Inodes>>,
+    ) -> UnionFs {
         UnionFs {
             layers,
             journal,
             tree,
-            inodes: Mutex::new(Inodes::default()),
+            inodes,
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),

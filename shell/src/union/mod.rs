@@ -15,14 +15,17 @@ pub mod fs;
 pub mod journal;
 pub mod layers;
 
+use std::ffi::OsStr;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 
-use fuser::{BackgroundSession, Config, MountOption};
+use fuser::{BackgroundSession, Config, INodeNo, MountOption, Notifier};
+use unionsync_core::RelPath;
 
 use crate::beneath::Root;
-use fs::UnionFs;
+use fs::{lock, Inodes, UnionFs};
 use journal::SharedJournal;
 use layers::Layers;
 
@@ -32,11 +35,58 @@ pub struct Mounted {
     pub journal: SharedJournal,
     /// Held exclusively by the sync while it changes the upper.
     pub tree: Arc<RwLock<()>>,
+    inodes: Arc<Mutex<Inodes>>,
+}
+
+/// What the sync needs of a live mount: the journal, the lock that keeps
+/// its steps apart from the user's, and a way to make the kernel forget
+/// what it cached about the paths it changed.
+#[derive(Clone)]
+pub struct MountLink {
+    pub journal: SharedJournal,
+    tree: Arc<RwLock<()>>,
+    inodes: Arc<Mutex<Inodes>>,
+    notifier: Notifier,
+}
+
+impl MountLink {
+    /// Excludes every structural change through the mount while held.
+    pub fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.tree.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the kernel's cached entry, attributes and pages of `paths`
+    /// (call without holding [`MountLink::exclusive`]: the kernel may wait
+    /// for requests that wait for that lock).
+    pub fn invalidate(&self, paths: &[RelPath]) {
+        for path in paths {
+            let (ino, parent) = {
+                let inodes = lock(&self.inodes);
+                (
+                    inodes.known(Some(path)),
+                    inodes.known(path.parent().as_ref()),
+                )
+            };
+            // ENOENT: the kernel holds nothing for it; nothing to drop.
+            if let Some(ino) = ino {
+                let _ = self.notifier.inval_inode(INodeNo(ino), 0, 0);
+            }
+            if let Some(parent) = parent {
+                let name = OsStr::from_bytes(path.file_name());
+                let _ = self.notifier.inval_entry(INodeNo(parent), name);
+            }
+        }
+    }
 }
 
 impl Mounted {
-    pub fn notifier(&self) -> fuser::Notifier {
-        self.session.notifier()
+    pub fn link(&self) -> MountLink {
+        MountLink {
+            journal: self.journal.clone(),
+            tree: self.tree.clone(),
+            inodes: self.inodes.clone(),
+            notifier: self.session.notifier(),
+        }
     }
 
     /// Unmounts and waits for the request threads to end.
@@ -59,7 +109,8 @@ pub fn mount(
         Root::create(whiteouts)?,
     )?;
     let tree = Arc::new(RwLock::new(()));
-    let fs = UnionFs::new(layers, journal.clone(), tree.clone());
+    let inodes = Arc::new(Mutex::new(Inodes::default()));
+    let fs = UnionFs::new(layers, journal.clone(), tree.clone(), inodes.clone());
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("unionsync".into()),
@@ -73,5 +124,6 @@ pub fn mount(
         session,
         journal,
         tree,
+        inodes,
     })
 }
