@@ -267,6 +267,25 @@ fn take_saved_journal(state: &Root) -> std::io::Result<Option<Journal>> {
     Ok(journal)
 }
 
+/// A mount left by a process that died (`kill -9`) answers every access
+/// with ENOTCONN; detach it so the mountpoint can be used again.
+fn clear_stale_mount(mountpoint: &std::path::Path) {
+    let stale = std::fs::metadata(mountpoint)
+        .is_err_and(|e| e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error()));
+    if !stale {
+        return;
+    }
+    tracing::warn!(mount = %mountpoint.display(), "detaching a stale mount left by a crash");
+    let detached = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(mountpoint)
+        .status();
+    if !detached.is_ok_and(|s| s.success()) {
+        tracing::error!(mount = %mountpoint.display(), "could not detach the stale mount");
+    }
+}
+
 /// Mounts the union at `mountpoint` (upper over `options.dirs.lower`) and
 /// runs the agent from its journal until `shutdown`; then saves the
 /// journal and unmounts.
@@ -286,6 +305,7 @@ pub async fn run_compute_mount(
     let saved = take_saved_journal(&state).map_err(io("loading the journal"))?;
     let clean = saved.is_some();
     let journal = SharedJournal::new(saved.unwrap_or_default());
+    clear_stale_mount(&mountpoint);
     let mounted = union::mount(
         &mountpoint,
         &dirs.upper,

@@ -36,17 +36,51 @@ pub fn binary() -> PathBuf {
     binary
 }
 
-/// A running daemon, killed (SIGKILL) and reaped on drop.
+/// A running daemon, killed (SIGKILL) and reaped on drop; a mount it
+/// served is detached then too.
 pub struct Daemon {
     child: Child,
     pub log: PathBuf,
+    mountpoint: Option<PathBuf>,
+}
+
+/// Whether `path` is a mountpoint now.
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let path = path.to_string_lossy();
+    mounts
+        .lines()
+        .any(|line| line.split(' ').nth(1) == Some(path.as_ref()))
+}
+
+/// Detaches whatever is mounted at `path` (a crashed daemon's mount).
+pub fn detach(path: &Path) {
+    if is_mounted(path) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(path)
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 impl Daemon {
+    /// SIGTERM: a clean stop.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
     /// `kill -9`, as a crash would.
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A mount of a killed daemon stays (stale) until detached: keep it
+        // for the test to see, but never past the scene.
+        self.mountpoint = None;
     }
 
     /// Whether it is still running.
@@ -72,6 +106,9 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(mountpoint) = &self.mountpoint {
+            detach(mountpoint);
+        }
     }
 }
 
@@ -90,6 +127,7 @@ pub struct Scene {
     pub token: PathBuf,
     pub port: u16,
     logs: std::cell::RefCell<Vec<PathBuf>>,
+    mounts: std::cell::RefCell<Vec<PathBuf>>,
 }
 
 /// A port that was free a moment ago (the daemon binds it right after).
@@ -120,6 +158,7 @@ impl Scene {
             token,
             port: free_port(),
             logs: Default::default(),
+            mounts: Default::default(),
         }
     }
 
@@ -148,7 +187,11 @@ impl Scene {
             .spawn()
             .expect("starting unionsync");
         self.logs.borrow_mut().push(log.clone());
-        Daemon { child, log }
+        Daemon {
+            child,
+            log,
+            mountpoint: None,
+        }
     }
 
     /// `unionsync project serve` on this scene's home and port; returns
@@ -244,8 +287,75 @@ impl Scene {
     }
 }
 
+/// One mounted compute server's directories.
+#[derive(Clone, Debug)]
+pub struct MountDirs {
+    pub id: u64,
+    pub mount: PathBuf,
+    pub upper: PathBuf,
+}
+
+impl Scene {
+    /// Directories for mounted compute server `id` (created empty).
+    pub fn mount_dirs(&self, id: u64) -> MountDirs {
+        let base = self.dir.path().join(format!("mounted-{id}"));
+        let dirs = MountDirs {
+            id,
+            mount: base.join("mnt"),
+            upper: base.join("upper"),
+        };
+        std::fs::create_dir_all(&dirs.mount).expect("creating the mountpoint");
+        std::fs::create_dir_all(&dirs.upper).expect("creating the upper");
+        self.mounts.borrow_mut().push(dirs.mount.clone());
+        dirs
+    }
+
+    /// `unionsync compute mount` with the home as its lower; returns once
+    /// the union is mounted.
+    pub fn start_compute_mount(&self, dirs: &MountDirs) -> Daemon {
+        let id = dirs.id.to_string();
+        let url = self.url();
+        let args: Vec<&OsStr> = vec![
+            "compute".as_ref(),
+            "mount".as_ref(),
+            "--mount".as_ref(),
+            dirs.mount.as_os_str(),
+            "--lower".as_ref(),
+            self.home.as_os_str(),
+            "--upper".as_ref(),
+            dirs.upper.as_os_str(),
+            "--project".as_ref(),
+            url.as_ref(),
+            "--id".as_ref(),
+            id.as_ref(),
+            "--token-file".as_ref(),
+            self.token.as_os_str(),
+            "--interval-min".as_ref(),
+            "0.2".as_ref(),
+            "--interval-max".as_ref(),
+            "0.5".as_ref(),
+        ];
+        let mut daemon = self.spawn(&format!("mounted-{id}"), &args);
+        daemon.mountpoint = Some(dirs.mount.clone());
+        wait_for("the union to be mounted", Duration::from_secs(20), || {
+            assert!(
+                daemon.running(),
+                "compute mount exited: {}",
+                read(&daemon.log)
+            );
+            // A stale mount of a killed daemon is listed too, but refuses
+            // every access until the new daemon replaces it.
+            is_mounted(&dirs.mount) && std::fs::metadata(&dirs.mount).is_ok()
+        });
+        daemon
+    }
+}
+
 impl Drop for Scene {
     fn drop(&mut self) {
+        for mount in self.mounts.borrow().iter() {
+            detach(mount);
+        }
         if std::thread::panicking() {
             for log in self.logs.borrow().iter() {
                 eprintln!("===== {} =====\n{}", log.display(), read(log));
