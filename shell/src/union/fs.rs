@@ -306,12 +306,17 @@ impl UnionFs {
         if self.layers.resolve(path).map_err(errno)?.is_some() {
             return Err(Errno::EEXIST);
         }
+        let over_nothing = self.layers.lower_view(path).map_err(errno)?.is_none();
         self.note(path);
         self.layers
             .upper_dirs(path.parent().as_ref())
             .map_err(errno)?;
         make(&self.layers).map_err(errno)?;
-        self.entry(path)
+        let attr = self.entry(path)?;
+        if over_nothing && attr.kind == FileType::Directory {
+            self.layers.created_over_nothing(path);
+        }
+        Ok(attr)
     }
 
     fn do_create(
@@ -500,6 +505,8 @@ impl UnionFs {
         }
         if to_in_lower {
             self.layers.whiteout(to).map_err(errno)?;
+        } else if is_dir(&source) {
+            self.layers.created_over_nothing(to);
         }
         lock(&self.inodes).rename(from, to);
         Ok(())

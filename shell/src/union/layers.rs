@@ -12,7 +12,9 @@
 //! everything below it, is deleted here": a directory created again over
 //! one is therefore opaque without a marker of its own.
 
+use std::collections::HashSet;
 use std::io;
+use std::sync::RwLock;
 
 use rustix::fs::{OFlags, Stat, Timespec};
 use rustix::io::Errno;
@@ -41,6 +43,12 @@ pub struct Layers {
     pub whiteouts: Root,
     /// Temp files of copy-ups, beneath the upper (same filesystem).
     tmp: Root,
+    /// Directories this mount created where the lower had nothing: nothing
+    /// below them is looked up in the lower, so building in a new directory
+    /// never waits on the network. (What the sync later pushes there is the
+    /// upper's own content; a project-side addition below such a directory
+    /// shows after a remount.)
+    lower_absent: RwLock<HashSet<RelPath>>,
 }
 
 pub fn is_dir(stat: &Stat) -> bool {
@@ -76,6 +84,7 @@ impl Layers {
             lower,
             whiteouts,
             tmp,
+            lower_absent: RwLock::new(HashSet::new()),
         })
     }
 
@@ -105,10 +114,23 @@ impl Layers {
     /// What the lower shows at `path` through the union (`None`: nothing,
     /// or hidden).
     pub fn lower_view(&self, path: &RelPath) -> io::Result<Option<Stat>> {
-        if self.lower_hidden(path)? {
+        if self.known_absent(path) || self.lower_hidden(path)? {
             return Ok(None);
         }
         self.lower.lstat(path)
+    }
+
+    fn known_absent(&self, path: &RelPath) -> bool {
+        let absent = self.lower_absent.read().unwrap_or_else(|p| p.into_inner());
+        !absent.is_empty()
+            && (absent.contains(path) || path.ancestors().any(|a| absent.contains(&a)))
+    }
+
+    /// Notes that the lower has nothing at `dir`, which this mount just
+    /// created in the upper (see `lower_absent`).
+    pub fn created_over_nothing(&self, dir: &RelPath) {
+        let mut absent = self.lower_absent.write().unwrap_or_else(|p| p.into_inner());
+        absent.insert(dir.clone());
     }
 
     /// The union's entry at `path`.
