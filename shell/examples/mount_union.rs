@@ -5,7 +5,14 @@ fn main() -> std::io::Result<()> {
         eprintln!("usage: mount_union MOUNT UPPER WHITEOUTS LOWER");
         std::process::exit(2);
     };
-    let mounted = unionsync::union::mount(mount, upper, whiteouts, lower, Default::default())?;
+    let mounted = unionsync::union::mount(
+        mount,
+        upper,
+        whiteouts,
+        lower,
+        Vec::new(),
+        Default::default(),
+    )?;
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
     mounted.unmount()

@@ -26,6 +26,7 @@ use crate::persist;
 use crate::staging::{deferral, finish_dirs, still_matches, Deferred, Staging, StepResult};
 use crate::store::{Applied, ComputeStore, StoreResult};
 use crate::union::journal::SharedJournal;
+use crate::union::layers::is_local_only;
 use crate::union::MountLink;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -40,6 +41,8 @@ pub struct ComputeDirs {
     /// ancestors copied into the upper take their mode from it.
     pub lower: Option<PathBuf>,
     pub state: PathBuf,
+    /// Paths that never sync (served from the upper alone by the mount).
+    pub local_only: Vec<RelPath>,
 }
 
 impl ComputeDirs {
@@ -50,6 +53,7 @@ impl ComputeDirs {
             whiteouts: whiteouts.to_path_buf(),
             lower: None,
             state: upper.join(".unionsync/state"),
+            local_only: Vec::new(),
         }
     }
 }
@@ -85,6 +89,7 @@ pub struct DiskComputeStore {
     whiteouts: Root,
     lower: Option<Root>,
     state: Root,
+    local_only: Vec<RelPath>,
     staging: Staging,
     epoch: u64,
     recorded: BTreeMap<RelPath, Reported>,
@@ -122,6 +127,7 @@ impl DiskComputeStore {
             whiteouts: Root::create(&dirs.whiteouts)?,
             lower: dirs.lower.as_deref().map(Root::open).transpose()?,
             state,
+            local_only: dirs.local_only.clone(),
             epoch: saved.epoch,
             recorded: saved.recorded.into_iter().collect(),
             seen: saved.seen.into_iter().collect(),
@@ -142,15 +148,19 @@ impl DiskComputeStore {
 
     /// Every upper entry and whiteout as it is now.
     fn scan(&self) -> io::Result<BTreeMap<RelPath, Reported>> {
+        let local = |path: &RelPath| is_local_only(&self.local_only, path);
         let mut now: BTreeMap<RelPath, Reported> = self
             .upper
             .walk(None)?
             .into_iter()
+            .filter(|(path, _)| !local(path))
             .map(|(path, meta)| (path, Reported::Present(meta)))
             .collect();
         for (marker, meta) in self.whiteouts.walk(None)? {
             if let (false, Some(path)) = (meta.is_dir(), whiteout_of_marker(&marker)) {
-                now.entry(path).or_insert(Reported::Deleted);
+                if !local(&path) {
+                    now.entry(path).or_insert(Reported::Deleted);
+                }
             }
         }
         Ok(now)

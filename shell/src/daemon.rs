@@ -311,6 +311,7 @@ pub async fn run_compute_mount(
         &dirs.upper,
         &dirs.whiteouts,
         &lower,
+        dirs.local_only.clone(),
         journal.clone(),
     )
     .map_err(io(format!("mounting {}", mountpoint.display())))?;

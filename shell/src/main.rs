@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use unionsync::compute_disk::ComputeDirs;
 use unionsync::daemon::{self, ComputeOptions, ProjectOptions};
-use unionsync_core::Timing;
+use unionsync_core::{RelPath, Timing};
 
 /// A disk-fast, copy-on-write view of a remote project home, synced both
 /// ways; the project wins conflicts and the other side's data is kept.
@@ -133,6 +133,16 @@ struct MountArgs {
     /// <upper>/.unionsync/whiteouts.
     #[arg(long, value_name = "DIR")]
     whiteouts: Option<PathBuf>,
+    /// Paths (relative to the home) that stay on this machine: served from
+    /// the upper, never synced, never looked up in the project. Empty to
+    /// sync everything.
+    #[arg(
+        long,
+        value_name = "PATHS",
+        value_delimiter = ',',
+        default_value = "scratch,.cache,.local"
+    )]
+    local_only: Vec<String>,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -270,6 +280,15 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| args.upper.join(".unionsync/whiteouts"));
             let mut dirs = ComputeDirs::new(&args.upper, &whiteouts);
             dirs.lower = Some(args.lower);
+            dirs.local_only = args
+                .local_only
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    RelPath::new(p.trim_end_matches('/'))
+                        .with_context(|| format!("--local-only {p:?} is not a relative path"))
+                })
+                .collect::<anyhow::Result<_>>()?;
             let options = args.agent.options(dirs)?;
             let (status, _) = tokio::sync::watch::channel(Default::default());
             let run = daemon::run_compute_mount(options, args.mount, shutdown_signal(), status);

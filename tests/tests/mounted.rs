@@ -127,3 +127,33 @@ fn after_kill_9_the_next_start_clears_the_stale_mount_and_syncs() {
         read(&scene.home.join("before-crash.txt")).as_deref() == Some(b"kept")
     });
 }
+
+#[test]
+fn local_only_paths_stay_on_the_compute_server() {
+    if !fuse_available() {
+        return;
+    }
+    let scene = Scene::new();
+    write(&scene.home.join(".cache/project-side"), b"not shown here");
+    let m = scene.mount_dirs(1);
+    let _project = scene.start_project();
+    let _compute = scene.start_compute_mount(&m);
+    assert!(
+        !m.mount.join(".cache/project-side").exists(),
+        "the lower is never looked at below a local-only path"
+    );
+    write(&m.mount.join("scratch/data.bin"), b"local");
+    write(&m.mount.join(".cache/pip/wheel"), b"local");
+    write(&m.mount.join("synced.txt"), b"synced");
+    wait_for("the synced file", CONVERGE, || {
+        read(&scene.home.join("synced.txt")).as_deref() == Some(b"synced")
+    });
+    // A few more syncs: the local-only files never follow.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!scene.home.join("scratch").exists());
+    assert!(!scene.home.join(".cache/pip").exists());
+    assert_eq!(
+        read(&m.mount.join("scratch/data.bin")).as_deref(),
+        Some(&b"local"[..])
+    );
+}

@@ -254,6 +254,9 @@ impl UnionFs {
     /// since the last commit records what the lower showed.
     fn note(&self, path: &RelPath) {
         let layers = &self.layers;
+        if layers.is_local_only(path) {
+            return;
+        }
         self.journal.lock().note(path, false, || {
             let stat = layers.lower_view(path).ok().flatten()?;
             let target = if kind_of(&stat) == FileType::Symlink {

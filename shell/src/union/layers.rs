@@ -49,6 +49,16 @@ pub struct Layers {
     /// upper's own content; a project-side addition below such a directory
     /// shows after a remount.)
     lower_absent: RwLock<HashSet<RelPath>>,
+    /// Paths that live only here (caches, scratch space): the lower is
+    /// never consulted below them and the sync never sees them.
+    local_only: Vec<RelPath>,
+}
+
+/// Is `path` at or below one of `local_only`?
+pub fn is_local_only(local_only: &[RelPath], path: &RelPath) -> bool {
+    local_only
+        .iter()
+        .any(|l| l == path || l.is_ancestor_of(path))
 }
 
 pub fn is_dir(stat: &Stat) -> bool {
@@ -73,7 +83,12 @@ pub fn path_error(error: unionsync_core::PathError) -> io::Error {
 }
 
 impl Layers {
-    pub fn new(upper: Root, lower: Root, whiteouts: Root) -> io::Result<Layers> {
+    pub fn new(
+        upper: Root,
+        lower: Root,
+        whiteouts: Root,
+        local_only: Vec<RelPath>,
+    ) -> io::Result<Layers> {
         let tmp = RelPath::new(".unionsync/tmp").expect("valid constant");
         let tmp = upper.subdir(&tmp, true)?;
         for (path, meta) in tmp.walk(None)?.into_iter().rev() {
@@ -85,6 +100,7 @@ impl Layers {
             whiteouts,
             tmp,
             lower_absent: RwLock::new(HashSet::new()),
+            local_only,
         })
     }
 
@@ -114,10 +130,14 @@ impl Layers {
     /// What the lower shows at `path` through the union (`None`: nothing,
     /// or hidden).
     pub fn lower_view(&self, path: &RelPath) -> io::Result<Option<Stat>> {
-        if self.known_absent(path) || self.lower_hidden(path)? {
+        if self.is_local_only(path) || self.known_absent(path) || self.lower_hidden(path)? {
             return Ok(None);
         }
         self.lower.lstat(path)
+    }
+
+    pub fn is_local_only(&self, path: &RelPath) -> bool {
+        is_local_only(&self.local_only, path)
     }
 
     fn known_absent(&self, path: &RelPath) -> bool {

@@ -95,18 +95,21 @@ impl Mounted {
     }
 }
 
-/// Mounts the union of `upper` (with `whiteouts`) over `lower` at `mountpoint`.
+/// Mounts the union of `upper` (with `whiteouts`) over `lower` at
+/// `mountpoint`; `local_only` paths live in the upper alone and never sync.
 pub fn mount(
     mountpoint: &Path,
     upper: &Path,
     whiteouts: &Path,
     lower: &Path,
+    local_only: Vec<RelPath>,
     journal: SharedJournal,
 ) -> io::Result<Mounted> {
     let layers = Layers::new(
         Root::create(upper)?,
         Root::open(lower)?,
         Root::create(whiteouts)?,
+        local_only,
     )?;
     let tree = Arc::new(RwLock::new(()));
     let inodes = Arc::new(Mutex::new(Inodes::default()));
