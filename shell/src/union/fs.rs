@@ -121,6 +121,11 @@ impl Inodes {
 struct Handle {
     file: File,
     ino: u64,
+    /// Opened for writing: its path is journaled again at release, since
+    /// writes through passthrough never reach this process.
+    writable: bool,
+    /// The kernel's reference to `file` for passthrough, kept until release.
+    backing: Mutex<Option<fuser::BackingId>>,
 }
 
 pub struct UnionFs {
@@ -132,6 +137,9 @@ pub struct UnionFs {
     files: Mutex<HashMap<u64, Arc<Handle>>>,
     dirs: Mutex<HashMap<u64, Vec<(u64, FileType, Vec<u8>)>>>,
     next_handle: AtomicU64,
+    /// Upper files are served by the kernel directly (FUSE passthrough)
+    /// while this holds; off if the kernel or our privileges refuse.
+    passthrough: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -215,6 +223,7 @@ impl UnionFs {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            passthrough: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -341,38 +350,78 @@ impl UnionFs {
             Ok(())
         })?;
         let file = file.ok_or(Errno::EIO)?;
-        Ok((attr, self.add_handle(file, attr.ino.0)))
+        let writable = open_flags.intersects(OFlags::WRONLY | OFlags::RDWR);
+        Ok((attr, self.add_handle(file, attr.ino.0, writable)))
     }
 
-    fn add_handle(&self, file: File, ino: u64) -> u64 {
+    fn add_handle(&self, file: File, ino: u64, writable: bool) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(fh, Arc::new(Handle { file, ino }));
+        let handle = Handle {
+            file,
+            ino,
+            writable,
+            backing: Mutex::new(None),
+        };
+        lock(&self.files).insert(fh, Arc::new(handle));
         fh
+    }
+
+    /// Registers an upper file's handle for passthrough; `None`: serve it
+    /// through `read`/`write` instead.
+    fn backing(
+        &self,
+        fh: u64,
+        open: impl FnOnce(&File) -> std::io::Result<fuser::BackingId>,
+    ) -> Option<Arc<Handle>> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let handle = self.handle(FileHandle(fh)).ok()?;
+        match open(&handle.file) {
+            Ok(id) => {
+                *lock(&handle.backing) = Some(id);
+                Some(handle)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "FUSE passthrough refused: serving reads and writes here");
+                self.passthrough.store(false, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>> {
         lock(&self.files).get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    fn do_open(&self, ino: INodeNo, flags: OpenFlags) -> Result<u64> {
+    /// Opens a handle; `true` when it is an upper file (passthrough-able).
+    fn do_open(&self, ino: INodeNo, flags: OpenFlags) -> Result<(u64, bool)> {
         let path = self.path(ino)?.ok_or(Errno::EISDIR)?;
         let raw = OFlags::from_bits_retain(flags.0 as u32);
         let writes = raw.intersects(OFlags::WRONLY | OFlags::RDWR | OFlags::TRUNC);
         let keep = OFlags::RWMODE | OFlags::APPEND | OFlags::TRUNC | OFlags::SYNC | OFlags::DSYNC;
-        let file = if writes {
+        let (file, upper) = if writes {
             let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
             self.note(&path);
             self.layers.copy_up(&path).map_err(errno)?;
-            self.layers.upper.open_with(&path, raw & keep, 0)
+            (self.layers.upper.open_with(&path, raw & keep, 0), true)
         } else {
             let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
             match self.layers.resolve(&path).map_err(errno)? {
-                Some((Layer::Upper, _)) => self.layers.upper.open_with(&path, raw & keep, 0),
-                Some((Layer::Lower, _)) => self.layers.lower.open_with(&path, OFlags::RDONLY, 0),
+                Some((Layer::Upper, _)) => {
+                    (self.layers.upper.open_with(&path, raw & keep, 0), true)
+                }
+                Some((Layer::Lower, _)) => {
+                    (self.layers.lower.open_with(&path, OFlags::RDONLY, 0), false)
+                }
                 None => return Err(Errno::ENOENT),
             }
         };
-        Ok(self.add_handle(file.map_err(errno)?, ino.0))
+        let writable = raw.intersects(OFlags::WRONLY | OFlags::RDWR);
+        Ok((
+            self.add_handle(file.map_err(errno)?, ino.0, writable),
+            upper,
+        ))
     }
 
     fn do_setattr(
@@ -559,7 +608,14 @@ fn reply_empty(reply: ReplyEmpty, result: Result<()>) {
 }
 
 impl Filesystem for UnionFs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Passthrough needs the kernel's consent and a stacking depth for
+        // the upper's filesystem beneath this one.
+        let passthrough = config
+            .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+            .is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        self.passthrough.store(passthrough, Ordering::Relaxed);
         Ok(())
     }
 
@@ -581,7 +637,20 @@ impl Filesystem for UnionFs {
                 let stat = rustix::fs::fstat(&handle.file).map_err(|e| errno(e.into()))?;
                 return Ok(attr(handle.ino, &stat));
             }
-            let path = self.path(ino)?;
+            let path = match self.path(ino) {
+                Ok(path) => path,
+                // Unlinked (or renamed over) while open: an open handle
+                // still holds the file (fstat sends no handle).
+                Err(e) => {
+                    let handle = lock(&self.files)
+                        .values()
+                        .find(|h| h.ino == ino.0)
+                        .cloned()
+                        .ok_or(e)?;
+                    let stat = rustix::fs::fstat(&handle.file).map_err(|e| errno(e.into()))?;
+                    return Ok(attr(ino.0, &stat));
+                }
+            };
             let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
             Ok(attr(ino.0, &self.stat(path.as_ref())?))
         })();
@@ -746,7 +815,16 @@ impl Filesystem for UnionFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.do_open(ino, flags) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, upper)) => {
+                let handle = upper
+                    .then(|| self.backing(fh, |file| reply.open_backing(file)))
+                    .flatten();
+                let guard = handle.as_ref().map(|h| lock(&h.backing));
+                match guard.as_ref().and_then(|g| g.as_ref()) {
+                    Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id),
+                    None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                }
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -797,8 +875,10 @@ impl Filesystem for UnionFs {
         let result = (|| {
             let handle = self.handle(fh)?;
             // Every write bumps the journal, so a sync that committed
-            // between two writes does not forget the second.
-            if let Some(path) = self.path(ino)? {
+            // between two writes does not forget the second. A file
+            // unlinked (or renamed over) while open has no path left: its
+            // writes still go through, with nothing to journal.
+            if let Ok(Some(path)) = self.path(ino) {
                 self.note(&path);
             }
             handle.file.write_all_at(data, offset).map_err(errno)?;
@@ -831,7 +911,12 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        lock(&self.files).remove(&fh.0);
+        let handle = lock(&self.files).remove(&fh.0);
+        if let Some(handle) = handle.filter(|h| h.writable) {
+            if let Ok(Some(path)) = lock(&self.inodes).path(handle.ino) {
+                self.note(&path);
+            }
+        }
         reply.ok();
     }
 
@@ -932,13 +1017,16 @@ impl Filesystem for UnionFs {
             .child(parent, name)
             .and_then(|path| self.do_create(&path, mode, umask, flags));
         match result {
-            Ok((attr, fh)) => reply.created(
-                &TTL,
-                &attr,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((attr, fh)) => {
+                let handle = self.backing(fh, |file| reply.open_backing(file));
+                let guard = handle.as_ref().map(|h| lock(&h.backing));
+                let (ttl, generation, fh, flags) =
+                    (&TTL, Generation(0), FileHandle(fh), FopenFlags::empty());
+                match guard.as_ref().and_then(|g| g.as_ref()) {
+                    Some(id) => reply.created_passthrough(ttl, &attr, generation, fh, flags, id),
+                    None => reply.created(ttl, &attr, generation, fh, flags),
+                }
+            }
             Err(e) => reply.error(e),
         }
     }
