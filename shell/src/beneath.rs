@@ -318,9 +318,11 @@ impl Root {
         Ok(())
     }
 
-    /// Sets the permission bits of a file or directory (never through a
-    /// symlink: the entry is pinned with `O_PATH | O_NOFOLLOW` first).
-    pub fn chmod(&self, path: &RelPath, mode: u32) -> io::Result<()> {
+    /// Runs `f` on a `/proc/self/fd` path naming the inode at `path`, pinned
+    /// with `O_PATH | O_NOFOLLOW` first: calls that only take a path (chmod,
+    /// xattrs) then act on that inode, never on a path swapped meanwhile. A
+    /// symlink is refused (EPERM): those calls would follow it.
+    fn pinned<T>(&self, path: &RelPath, f: impl FnOnce(&str) -> io::Result<T>) -> io::Result<T> {
         let (dir, name) = self.parent(path)?;
         let pinned = rfs::openat(
             &dir,
@@ -329,13 +331,57 @@ impl Root {
             Mode::empty(),
         )?;
         if rfs::FileType::from_raw_mode(rfs::fstat(&pinned)?.st_mode) == rfs::FileType::Symlink {
-            return Err(io::Error::other(format!("{path}: cannot chmod a symlink")));
+            return Err(Errno::PERM.into());
         }
-        // fchmod refuses O_PATH descriptors; the /proc link names the
-        // pinned inode itself, not a path that could be swapped.
         let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pinned));
-        rfs::chmod(proc.as_str(), Mode::from_raw_mode(mode & PERM_MASK))?;
-        Ok(())
+        f(&proc)
+    }
+
+    /// Sets the permission bits of a file or directory (never a symlink's
+    /// target).
+    pub fn chmod(&self, path: &RelPath, mode: u32) -> io::Result<()> {
+        self.pinned(path, |proc| {
+            Ok(rfs::chmod(proc, Mode::from_raw_mode(mode & PERM_MASK))?)
+        })
+    }
+
+    /// The value of extended attribute `name` of `path`.
+    pub fn xattr_get(&self, path: &RelPath, name: &[u8]) -> io::Result<Vec<u8>> {
+        self.pinned(path, |proc| {
+            let len = rfs::getxattr_query(proc, os(name))?;
+            let mut value = vec![0u8; len];
+            let got = rfs::getxattr(proc, os(name), &mut value[..])?;
+            value.truncate(got);
+            Ok(value)
+        })
+    }
+
+    /// The NUL-terminated names of `path`'s extended attributes.
+    pub fn xattr_list(&self, path: &RelPath) -> io::Result<Vec<u8>> {
+        self.pinned(path, |proc| {
+            let len = rfs::listxattr_query(proc)?;
+            let mut names = vec![0u8; len];
+            let got = rfs::listxattr(proc, &mut names[..])?;
+            names.truncate(got);
+            Ok(names)
+        })
+    }
+
+    pub fn xattr_set(
+        &self,
+        path: &RelPath,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> io::Result<()> {
+        let flags = rfs::XattrFlags::from_bits_retain(flags as _);
+        self.pinned(path, |proc| {
+            Ok(rfs::setxattr(proc, os(name), value, flags)?)
+        })
+    }
+
+    pub fn xattr_remove(&self, path: &RelPath, name: &[u8]) -> io::Result<()> {
+        self.pinned(path, |proc| Ok(rfs::removexattr(proc, os(name))?))
     }
 
     /// Sets the modification time (not following a symlink).

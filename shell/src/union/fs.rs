@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
-    WriteFlags,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use rustix::fs::{OFlags, Stat, Timespec};
 use unionsync_core::{Meta, RelPath};
@@ -586,6 +586,35 @@ impl UnionFs {
         Ok(out)
     }
 
+    /// Extended attributes are read from whichever layer shows the path.
+    fn read_xattrs(
+        &self,
+        ino: INodeNo,
+        read: impl FnOnce(&crate::beneath::Root, &RelPath) -> std::io::Result<Vec<u8>>,
+    ) -> Result<Vec<u8>> {
+        let path = self.path(ino)?.ok_or(Errno::ENOTSUP)?;
+        let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+        match self.layers.resolve(&path).map_err(errno)? {
+            Some((Layer::Upper, _)) => read(&self.layers.upper, &path),
+            Some((Layer::Lower, _)) => read(&self.layers.lower, &path),
+            None => return Err(Errno::ENOENT),
+        }
+        .map_err(errno)
+    }
+
+    /// Changing one copies the path up first, like any metadata change.
+    fn write_xattrs(
+        &self,
+        ino: INodeNo,
+        write: impl FnOnce(&crate::beneath::Root, &RelPath) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let path = self.path(ino)?.ok_or(Errno::ENOTSUP)?;
+        let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+        self.note(&path);
+        self.layers.copy_up(&path).map_err(errno)?;
+        write(&self.layers.upper, &path).map_err(errno)
+    }
+
     /// The union's view of `path` as metadata, for the sync.
     pub fn meta(&self, path: &RelPath) -> Option<Meta> {
         let (_, stat) = self.layers.resolve(path).ok()??;
@@ -596,6 +625,16 @@ impl UnionFs {
 fn reply_entry(reply: ReplyEntry, result: Result<FileAttr>) {
     match result {
         Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// `size` 0 asks for the length; a buffer too small is ERANGE.
+fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>>) {
+    match result {
+        Ok(value) if size == 0 => reply.size(value.len() as u32),
+        Ok(value) if value.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(value) => reply.data(&value),
         Err(e) => reply.error(e),
     }
 }
@@ -985,6 +1024,37 @@ impl Filesystem for UnionFs {
     ) {
         lock(&self.dirs).remove(&fh.0);
         reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let result = self.read_xattrs(ino, |root, path| root.xattr_get(path, name.as_bytes()));
+        reply_xattr(reply, size, result);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let result = self.read_xattrs(ino, |root, path| root.xattr_list(path));
+        reply_xattr(reply, size, result);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.write_xattrs(ino, |root, path| {
+            root.xattr_set(path, name.as_bytes(), value, flags)
+        });
+        reply_empty(reply, result);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.write_xattrs(ino, |root, path| root.xattr_remove(path, name.as_bytes()));
+        reply_empty(reply, result);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

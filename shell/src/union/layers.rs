@@ -105,7 +105,11 @@ impl Layers {
     }
 
     pub fn is_whiteout(&self, path: &RelPath) -> io::Result<bool> {
-        Ok(self.whiteouts.lstat(&whiteout_marker(path)?)?.is_some())
+        // A name too long to take the marker's prefix has no marker.
+        let Ok(marker) = whiteout_marker(path) else {
+            return Ok(false);
+        };
+        Ok(self.whiteouts.lstat(&marker)?.is_some())
     }
 
     /// Is the lower's `path` out of sight: it or an ancestor whited out, or
@@ -247,6 +251,26 @@ impl Layers {
         Ok(())
     }
 
+    /// Copies the lower's extended attributes of `path` to the upper's (a
+    /// filesystem without them on either side is not an error).
+    fn copy_xattrs(&self, path: &RelPath) -> io::Result<()> {
+        let names = match self.lower.xattr_list(path) {
+            Ok(names) => names,
+            Err(e) if Errno::from_io_error(&e) == Some(Errno::NOTSUP) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            let value = self.lower.xattr_get(path, name)?;
+            match self.upper.xattr_set(path, name, &value, 0) {
+                // Namespaces this process may not write (trusted.*, …).
+                Err(e) if matches!(Errno::from_io_error(&e), Some(Errno::NOTSUP | Errno::PERM)) => {
+                }
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
     fn copy_times(&self, path: &RelPath, from: &Stat) -> io::Result<()> {
         let ts = |sec: i64, nsec: u64| Timespec {
             tv_sec: sec,
@@ -275,6 +299,7 @@ impl Layers {
         match kind {
             rustix::fs::FileType::Directory => {
                 self.upper.mkdir(path, stat.st_mode & 0o7777)?;
+                self.copy_xattrs(path)?;
                 self.copy_times(path, &stat)?;
             }
             rustix::fs::FileType::Symlink => {
@@ -292,6 +317,7 @@ impl Layers {
                 drop(copy);
                 self.tmp.chmod(&temp, stat.st_mode & 0o7777)?;
                 self.upper.rename_from(&self.tmp, &temp, path, true)?;
+                self.copy_xattrs(path)?;
                 self.copy_times(path, &stat)?;
             }
             _ => return Err(io::Error::from(Errno::PERM)),
