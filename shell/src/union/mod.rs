@@ -120,7 +120,9 @@ pub fn mount(
         MountOption::Subtype("unionsync".into()),
         MountOption::DefaultPermissions,
     ];
-    config.n_threads = Some(4);
+    // Enough threads that requests stuck on a dead lower (until sshfs or NFS
+    // gives up on it) do not stall work on the upper.
+    config.n_threads = Some(16);
     config.clone_fd = true;
     let session = fuser::spawn_mount2(fs, mountpoint, &config)?;
     Ok(Mounted {
