@@ -124,9 +124,24 @@ struct Handle {
     /// Opened for writing: its path is journaled again at release, since
     /// writes through passthrough never reach this process.
     writable: bool,
-    /// The kernel's reference to `file` for passthrough, kept until release.
-    backing: Mutex<Option<fuser::BackingId>>,
+    /// An upper file (`false`: a lower one, read-only, never changed).
+    upper: bool,
+    /// How the kernel serves it, kept until release.
+    serving: Mutex<Serving>,
 }
+
+/// How the kernel serves an open file's reads and writes.
+enum Serving {
+    /// Not decided yet (the open's reply is being made).
+    Pending,
+    /// Through `read`/`write` here.
+    Here,
+    /// By the kernel (passthrough), through this backing id.
+    Kernel(Arc<fuser::BackingId>),
+}
+
+/// One entry of an open directory: inode, type, name.
+type Listing = (u64, FileType, Vec<u8>);
 
 pub struct UnionFs {
     layers: Layers,
@@ -135,7 +150,7 @@ pub struct UnionFs {
     tree: Arc<RwLock<()>>,
     inodes: Arc<Mutex<Inodes>>,
     files: Mutex<HashMap<u64, Arc<Handle>>>,
-    dirs: Mutex<HashMap<u64, Vec<(u64, FileType, Vec<u8>)>>>,
+    dirs: Mutex<HashMap<u64, Vec<Listing>>>,
     next_handle: AtomicU64,
     /// Upper files are served by the kernel directly (FUSE passthrough)
     /// while this holds; off if the kernel or our privileges refuse.
@@ -351,43 +366,66 @@ impl UnionFs {
         })?;
         let file = file.ok_or(Errno::EIO)?;
         let writable = open_flags.intersects(OFlags::WRONLY | OFlags::RDWR);
-        Ok((attr, self.add_handle(file, attr.ino.0, writable)))
+        Ok((attr, self.add_handle(file, attr.ino.0, writable, true)))
     }
 
-    fn add_handle(&self, file: File, ino: u64, writable: bool) -> u64 {
+    fn add_handle(&self, file: File, ino: u64, writable: bool, upper: bool) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let handle = Handle {
             file,
             ino,
             writable,
-            backing: Mutex::new(None),
+            upper,
+            serving: Mutex::new(Serving::Pending),
         };
         lock(&self.files).insert(fh, Arc::new(handle));
         fh
     }
 
-    /// Registers an upper file's handle for passthrough; `None`: serve it
-    /// through `read`/`write` instead.
+    /// Decides how the kernel serves handle `fh`: by passthrough (the
+    /// backing id to reply with) or through `read`/`write` here (`None`).
+    /// The kernel serves all open files of an inode alike, through one
+    /// backing file, and fails an open that differs with EIO: so an open of
+    /// an inode already open follows the others (a lower file, never
+    /// passthrough, keeps its inode served here while it is open).
     fn backing(
         &self,
         fh: u64,
+        upper: bool,
         open: impl FnOnce(&File) -> std::io::Result<fuser::BackingId>,
-    ) -> Option<Arc<Handle>> {
-        if !self.passthrough.load(Ordering::Relaxed) {
-            return None;
-        }
-        let handle = self.handle(FileHandle(fh)).ok()?;
-        match open(&handle.file) {
-            Ok(id) => {
-                *lock(&handle.backing) = Some(id);
-                Some(handle)
+    ) -> Option<Arc<fuser::BackingId>> {
+        // Held throughout, so concurrent opens of one inode agree.
+        let files = lock(&self.files);
+        let handle = files.get(&fh)?.clone();
+        let (mut shared, mut here) = (None, false);
+        for other in files.values() {
+            if other.ino != handle.ino || Arc::ptr_eq(other, &handle) {
+                continue;
             }
-            Err(error) => {
-                tracing::warn!(%error, "FUSE passthrough refused: serving reads and writes here");
-                self.passthrough.store(false, Ordering::Relaxed);
-                None
+            match &*lock(&other.serving) {
+                Serving::Pending => {}
+                Serving::Here => here = true,
+                Serving::Kernel(id) => shared = Some(id.clone()),
             }
         }
+        let serving = match shared {
+            Some(id) if upper => Serving::Kernel(id),
+            _ if here || !upper || !self.passthrough.load(Ordering::Relaxed) => Serving::Here,
+            _ => match open(&handle.file) {
+                Ok(id) => Serving::Kernel(Arc::new(id)),
+                Err(error) => {
+                    tracing::warn!(%error, "FUSE passthrough refused: serving reads and writes here");
+                    self.passthrough.store(false, Ordering::Relaxed);
+                    Serving::Here
+                }
+            },
+        };
+        let id = match &serving {
+            Serving::Kernel(id) => Some(id.clone()),
+            _ => None,
+        };
+        *lock(&handle.serving) = serving;
+        id
     }
 
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>> {
@@ -419,7 +457,7 @@ impl UnionFs {
         };
         let writable = raw.intersects(OFlags::WRONLY | OFlags::RDWR);
         Ok((
-            self.add_handle(file.map_err(errno)?, ino.0, writable),
+            self.add_handle(file.map_err(errno)?, ino.0, writable, upper),
             upper,
         ))
     }
@@ -433,9 +471,12 @@ impl UnionFs {
         times: (Option<TimeOrNow>, Option<TimeOrNow>),
         fh: Option<FileHandle>,
     ) -> Result<FileAttr> {
-        let Some(path) = self.path(ino)? else {
+        let path = match self.path(ino) {
+            Ok(Some(path)) => path,
             // The root is the upper's own directory.
-            return Err(Errno::EPERM);
+            Ok(None) => return Err(Errno::EPERM),
+            // Unlinked (or renamed over) while open.
+            Err(_) => return self.setattr_unlinked(ino.0, fh, mode, owner, size, times),
         };
         let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
         self.note(&path);
@@ -463,6 +504,58 @@ impl UnionFs {
         }
         let stat = upper.lstat(&path).map_err(errno)?.ok_or(Errno::ENOENT)?;
         Ok(attr(ino.0, &stat))
+    }
+
+    /// `setattr` of a file unlinked (or renamed over) while open: there is
+    /// no path left, so it goes through an open upper handle.
+    fn setattr_unlinked(
+        &self,
+        ino: u64,
+        fh: Option<FileHandle>,
+        mode: Option<u32>,
+        owner: (Option<u32>, Option<u32>),
+        size: Option<u64>,
+        times: (Option<TimeOrNow>, Option<TimeOrNow>),
+    ) -> Result<FileAttr> {
+        let handle = match fh {
+            Some(fh) => self.handle(fh)?,
+            None => lock(&self.files)
+                .values()
+                .find(|h| h.ino == ino && h.upper)
+                .cloned()
+                .ok_or(Errno::ENOENT)?,
+        };
+        if !handle.upper {
+            // Never a change to the lower.
+            return Err(Errno::EROFS);
+        }
+        let file = &handle.file;
+        let sys = |e: rustix::io::Errno| errno(e.into());
+        if let Some(mode) = mode {
+            rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(mode & 0o7777))
+                .map_err(sys)?;
+        }
+        if owner.0.is_some() || owner.1.is_some() {
+            let uid = owner.0.map(rustix::fs::Uid::from_raw);
+            let gid = owner.1.map(rustix::fs::Gid::from_raw);
+            rustix::fs::fchown(file, uid, gid).map_err(sys)?;
+        }
+        if let Some(size) = size {
+            file.set_len(size).map_err(errno)?;
+        }
+        if times.0.is_some() || times.1.is_some() {
+            let omit = Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            };
+            let times = rustix::fs::Timestamps {
+                last_access: times.0.map(timespec).unwrap_or(omit),
+                last_modification: times.1.map(timespec).unwrap_or(omit),
+            };
+            rustix::fs::futimens(file, &times).map_err(sys)?;
+        }
+        let stat = rustix::fs::fstat(file).map_err(sys)?;
+        Ok(attr(ino, &stat))
     }
 
     fn do_unlink(&self, path: &RelPath, dir: bool) -> Result<()> {
@@ -564,7 +657,7 @@ impl UnionFs {
         Ok(())
     }
 
-    fn do_readdir(&self, ino: INodeNo) -> Result<Vec<(u64, FileType, Vec<u8>)>> {
+    fn do_readdir(&self, ino: INodeNo) -> Result<Vec<Listing>> {
         let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
         let dir = self.path(ino)?;
         let parent_ino = match dir.as_ref().and_then(RelPath::parent) {
@@ -671,10 +764,13 @@ impl Filesystem for UnionFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let result = (|| {
-            if let Some(fh) = fh {
-                let handle = self.handle(fh)?;
-                let stat = rustix::fs::fstat(&handle.file).map_err(|e| errno(e.into()))?;
-                return Ok(attr(handle.ino, &stat));
+            // A lower file's handle is not asked: the file may have been
+            // copied up (and changed) since it was opened.
+            if let Some(handle) = fh.map(|fh| self.handle(fh)).transpose()? {
+                if handle.upper {
+                    let stat = rustix::fs::fstat(&handle.file).map_err(|e| errno(e.into()))?;
+                    return Ok(attr(handle.ino, &stat));
+                }
             }
             let path = match self.path(ino) {
                 Ok(path) => path,
@@ -854,16 +950,10 @@ impl Filesystem for UnionFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.do_open(ino, flags) {
-            Ok((fh, upper)) => {
-                let handle = upper
-                    .then(|| self.backing(fh, |file| reply.open_backing(file)))
-                    .flatten();
-                let guard = handle.as_ref().map(|h| lock(&h.backing));
-                match guard.as_ref().and_then(|g| g.as_ref()) {
-                    Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id),
-                    None => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                }
-            }
+            Ok((fh, upper)) => match self.backing(fh, upper, |file| reply.open_backing(file)) {
+                Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+                None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            },
             Err(e) => reply.error(e),
         }
     }
@@ -871,7 +961,7 @@ impl Filesystem for UnionFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -880,10 +970,19 @@ impl Filesystem for UnionFs {
         reply: ReplyData,
     ) {
         let result = self.handle(fh).and_then(|handle| {
+            // A lower file copied up since it was opened: its copy holds
+            // what was written since (through other handles).
+            let copy = match self.path(ino) {
+                Ok(Some(path)) if !handle.upper => {
+                    self.layers.upper.open_with(&path, OFlags::RDONLY, 0).ok()
+                }
+                _ => None,
+            };
+            let file = copy.as_ref().unwrap_or(&handle.file);
             let mut buf = vec![0u8; size as usize];
             let mut done = 0;
             while done < buf.len() {
-                match handle.file.read_at(&mut buf[done..], offset + done as u64) {
+                match file.read_at(&mut buf[done..], offset + done as u64) {
                     Ok(0) => break,
                     Ok(n) => done += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -1088,12 +1187,11 @@ impl Filesystem for UnionFs {
             .and_then(|path| self.do_create(&path, mode, umask, flags));
         match result {
             Ok((attr, fh)) => {
-                let handle = self.backing(fh, |file| reply.open_backing(file));
-                let guard = handle.as_ref().map(|h| lock(&h.backing));
+                let id = self.backing(fh, true, |file| reply.open_backing(file));
                 let (ttl, generation, fh, flags) =
                     (&TTL, Generation(0), FileHandle(fh), FopenFlags::empty());
-                match guard.as_ref().and_then(|g| g.as_ref()) {
-                    Some(id) => reply.created_passthrough(ttl, &attr, generation, fh, flags, id),
+                match id {
+                    Some(id) => reply.created_passthrough(ttl, &attr, generation, fh, flags, &id),
                     None => reply.created(ttl, &attr, generation, fh, flags),
                 }
             }
