@@ -9,7 +9,7 @@
 //!        ─► read/write on an open handle ─► pread/pwrite (no lock)
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -48,7 +48,8 @@ fn errno(error: std::io::Error) -> Errno {
 #[derive(Default)]
 pub(crate) struct Inodes {
     paths: HashMap<u64, RelPath>,
-    numbers: HashMap<RelPath, u64>,
+    /// Ordered so that a path's descendants follow it (`RelPath` order).
+    numbers: BTreeMap<RelPath, u64>,
     next: u64,
 }
 
@@ -81,30 +82,26 @@ impl Inodes {
         self.paths.get(&ino).cloned().map(Some).ok_or(Errno::ENOENT)
     }
 
+    /// `path` and everything below it that has a number.
+    fn below(&self, path: &RelPath) -> Vec<(RelPath, u64)> {
+        self.numbers
+            .range(path.clone()..)
+            .take_while(|(p, _)| *p == path || path.is_ancestor_of(p))
+            .map(|(p, ino)| (p.clone(), *ino))
+            .collect()
+    }
+
     fn forget_path(&mut self, path: &RelPath) {
-        let below: Vec<RelPath> = self
-            .numbers
-            .keys()
-            .filter(|p| *p == path || path.is_ancestor_of(p))
-            .cloned()
-            .collect();
-        for p in below {
-            if let Some(ino) = self.numbers.remove(&p) {
-                self.paths.remove(&ino);
-            }
+        for (p, ino) in self.below(path) {
+            self.numbers.remove(&p);
+            self.paths.remove(&ino);
         }
     }
 
     /// Moves `from` and everything below it to `to`, keeping their numbers.
     fn rename(&mut self, from: &RelPath, to: &RelPath) {
         self.forget_path(to);
-        let moved: Vec<(RelPath, u64)> = self
-            .numbers
-            .iter()
-            .filter(|(p, _)| *p == from || from.is_ancestor_of(p))
-            .map(|(p, ino)| (p.clone(), *ino))
-            .collect();
-        for (old, ino) in moved {
+        for (old, ino) in self.below(from) {
             let rest = &old.as_bytes()[from.as_bytes().len()..];
             let mut bytes = to.as_bytes().to_vec();
             bytes.extend_from_slice(rest);
