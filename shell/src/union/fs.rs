@@ -32,9 +32,20 @@ use super::journal::SharedJournal;
 use super::layers::{is_dir, path_error, Layer, Layers};
 use crate::beneath::meta_of;
 
-/// How long the kernel may cache entries and attributes. The sync's own
-/// changes under the mount are invalidated explicitly.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache an upper entry, its attributes, and a
+/// name known to be absent from both layers: only this mount and the sync
+/// change those, and the sync invalidates what it changes.
+const UPPER_TTL: Duration = Duration::from_secs(60);
+/// The same for an entry the lower shows, which the project may change
+/// behind our back.
+const LOWER_TTL: Duration = Duration::from_secs(1);
+
+fn ttl(layer: Layer) -> Duration {
+    match layer {
+        Layer::Upper => UPPER_TTL,
+        Layer::Lower => LOWER_TTL,
+    }
+}
 
 type Result<T> = std::result::Result<T, Errno>;
 
@@ -257,18 +268,25 @@ impl UnionFs {
     }
 
     fn stat(&self, path: Option<&RelPath>) -> Result<Stat> {
+        self.stat_layer(path).map(|(_, stat)| stat)
+    }
+
+    /// The layer showing `path` (the root is the upper's) and its stat.
+    fn stat_layer(&self, path: Option<&RelPath>) -> Result<(Layer, Stat)> {
         match path {
-            None => self.layers.root_stat().map_err(errno),
-            Some(path) => match self.layers.resolve(path).map_err(errno)? {
-                Some((_, stat)) => Ok(stat),
-                None => Err(Errno::ENOENT),
-            },
+            None => Ok((Layer::Upper, self.layers.root_stat().map_err(errno)?)),
+            Some(path) => self
+                .layers
+                .resolve(path)
+                .map_err(errno)?
+                .ok_or(Errno::ENOENT),
         }
     }
 
-    fn entry(&self, path: &RelPath) -> Result<FileAttr> {
-        let stat = self.stat(Some(path))?;
-        Ok(attr(self.number(path), &stat))
+    /// The entry the kernel gets for `path`, with how long it may keep it.
+    fn entry(&self, path: &RelPath) -> Result<(FileAttr, Duration)> {
+        let (layer, stat) = self.stat_layer(Some(path))?;
+        Ok((attr(self.number(path), &stat), ttl(layer)))
     }
 
     /// Journals a change of `path` (before making it): the first change
@@ -324,23 +342,24 @@ impl UnionFs {
         &self,
         path: &RelPath,
         make: impl FnOnce(&Layers) -> std::io::Result<()>,
-    ) -> Result<FileAttr> {
+    ) -> Result<(FileAttr, Duration)> {
         let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
         self.parent_dir(path)?;
+        // Absent from the union means absent from both layers here (or
+        // hidden in the lower): the new entry is made over nothing.
         if self.layers.resolve(path).map_err(errno)?.is_some() {
             return Err(Errno::EEXIST);
         }
-        let over_nothing = self.layers.lower_view(path).map_err(errno)?.is_none();
         self.note(path);
         self.layers
             .upper_dirs(path.parent().as_ref())
             .map_err(errno)?;
         make(&self.layers).map_err(errno)?;
-        let attr = self.entry(path)?;
-        if over_nothing && attr.kind == FileType::Directory {
+        let (attr, ttl) = self.entry(path)?;
+        if attr.kind == FileType::Directory {
             self.layers.created_over_nothing(path);
         }
-        Ok(attr)
+        Ok((attr, ttl))
     }
 
     fn do_create(
@@ -353,7 +372,7 @@ impl UnionFs {
         let open_flags = OFlags::from_bits_retain(flags as u32)
             & (OFlags::RWMODE | OFlags::APPEND | OFlags::SYNC | OFlags::DSYNC | OFlags::NONBLOCK);
         let mut file = None;
-        let attr = self.create_entry(path, |layers| {
+        let (attr, _) = self.create_entry(path, |layers| {
             file = Some(layers.upper.open_with(
                 path,
                 open_flags | OFlags::CREATE | OFlags::EXCL,
@@ -712,9 +731,9 @@ impl UnionFs {
     }
 }
 
-fn reply_entry(reply: ReplyEntry, result: Result<FileAttr>) {
+fn reply_entry(reply: ReplyEntry, result: Result<(FileAttr, Duration)>) {
     match result {
-        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Ok((attr, ttl)) => reply.entry(&ttl, &attr, Generation(0)),
         Err(e) => reply.error(e),
     }
 }
@@ -745,6 +764,13 @@ impl Filesystem for UnionFs {
             .is_ok()
             && config.set_max_stack_depth(1).is_ok();
         self.passthrough.store(passthrough, Ordering::Relaxed);
+        // Fewer round trips: no security.capability lookup before every
+        // write (the upper's own filesystem drops privileges on write), and
+        // lookups in one directory may run in parallel. (No `flush` either:
+        // its ENOSYS tells the kernel not to send one at every close.)
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2 | fuser::InitFlags::FUSE_PARALLEL_DIROPS,
+        );
         Ok(())
     }
 
@@ -754,7 +780,16 @@ impl Filesystem for UnionFs {
                 return Err(Errno::ENOENT);
             }
             let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
-            self.entry(&path)
+            match self.entry(&path) {
+                // Absent from both layers where only this mount (or the
+                // sync, which invalidates) can create it: let the kernel
+                // remember that (inode 0 is a negative entry).
+                Err(e) if e.code() == Errno::ENOENT.code() && self.layers.lower_skipped(&path) => {
+                    let absent = attr(0, &self.stat(None)?);
+                    Ok((absent, UPPER_TTL))
+                }
+                other => other,
+            }
         });
         reply_entry(reply, result);
     }
@@ -766,7 +801,7 @@ impl Filesystem for UnionFs {
             if let Some(handle) = fh.map(|fh| self.handle(fh)).transpose()? {
                 if handle.upper {
                     let stat = rustix::fs::fstat(&handle.file).map_err(|e| errno(e.into()))?;
-                    return Ok(attr(handle.ino, &stat));
+                    return Ok((attr(handle.ino, &stat), UPPER_TTL));
                 }
             }
             let path = match self.path(ino) {
@@ -780,14 +815,15 @@ impl Filesystem for UnionFs {
                         .cloned()
                         .ok_or(e)?;
                     let stat = rustix::fs::fstat(&handle.file).map_err(|e| errno(e.into()))?;
-                    return Ok(attr(ino.0, &stat));
+                    return Ok((attr(ino.0, &stat), LOWER_TTL));
                 }
             };
             let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
-            Ok(attr(ino.0, &self.stat(path.as_ref())?))
+            let (layer, stat) = self.stat_layer(path.as_ref())?;
+            Ok((attr(ino.0, &stat), ttl(layer)))
         })();
         match result {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok((attr, ttl)) => reply.attr(&ttl, &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -811,7 +847,7 @@ impl Filesystem for UnionFs {
         reply: ReplyAttr,
     ) {
         match self.do_setattr(ino, mode, (uid, gid), size, (atime, mtime), fh) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(attr) => reply.attr(&UPPER_TTL, &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -852,7 +888,7 @@ impl Filesystem for UnionFs {
                 .and_then(|path| self.do_create(&path, mode, umask, 0))
                 .map(|(attr, fh)| {
                     lock(&self.files).remove(&fh);
-                    attr
+                    (attr, UPPER_TTL)
                 })
         } else {
             Err(Errno::EPERM)
@@ -1025,17 +1061,6 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lo: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        reply.ok();
-    }
-
     fn release(
         &self,
         _req: &Request,
@@ -1185,8 +1210,12 @@ impl Filesystem for UnionFs {
         match result {
             Ok((attr, fh)) => {
                 let id = self.backing(fh, true, |file| reply.open_backing(file));
-                let (ttl, generation, fh, flags) =
-                    (&TTL, Generation(0), FileHandle(fh), FopenFlags::empty());
+                let (ttl, generation, fh, flags) = (
+                    &UPPER_TTL,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                );
                 match id {
                     Some(id) => reply.created_passthrough(ttl, &attr, generation, fh, flags, &id),
                     None => reply.created(ttl, &attr, generation, fh, flags),

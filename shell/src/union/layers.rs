@@ -144,6 +144,13 @@ impl Layers {
         is_local_only(&self.local_only, path)
     }
 
+    /// Is nothing at `path` in the lower, as far as the union is concerned,
+    /// without asking it? (Below a local-only path or a directory this
+    /// mount created over nothing.)
+    pub fn lower_skipped(&self, path: &RelPath) -> bool {
+        self.is_local_only(path) || self.known_absent(path)
+    }
+
     fn known_absent(&self, path: &RelPath) -> bool {
         let absent = self.lower_absent.read().unwrap_or_else(|p| p.into_inner());
         !absent.is_empty()
@@ -230,6 +237,11 @@ impl Layers {
     /// the mode and times the union shows for it.
     pub fn upper_dirs(&self, dir: Option<&RelPath>) -> io::Result<()> {
         let Some(dir) = dir else { return Ok(()) };
+        // The common case: the directory is in the upper already, and so
+        // (the upper holds no orphans) are its ancestors.
+        if self.upper.lstat(dir)?.is_some_and(|s| is_dir(&s)) {
+            return Ok(());
+        }
         let mut chain: Vec<RelPath> = dir.ancestors().collect();
         chain.reverse();
         chain.push(dir.clone());
