@@ -30,11 +30,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    /// (`cause` is shown in the message, so it is not also a `source`
+    /// that would print twice.)
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
     #[error("invalid project URL {url:?}: {why}")]
     Url { url: String, why: String },
     #[error(
@@ -50,7 +49,7 @@ pub enum DaemonError {
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
     let what = what.into();
-    move |source| DaemonError::Io { what, source }
+    move |cause| DaemonError::Io { what, cause }
 }
 
 /// Reads a token file: its content minus trailing whitespace.
@@ -232,7 +231,7 @@ async fn drive_agent(
         }
         .map_err(|e| DaemonError::Io {
             what: "compute storage".into(),
-            source: std::io::Error::other(e.0),
+            cause: std::io::Error::other(e.0),
         })
     };
     tokio::pin!(agent);
@@ -299,8 +298,20 @@ pub async fn run_compute_mount(
     let dirs = &options.dirs;
     let lower = dirs.lower.clone().ok_or_else(|| DaemonError::Io {
         what: "the mount".into(),
-        source: std::io::Error::other("a lower directory is required"),
+        cause: std::io::Error::other("a lower directory is required"),
     })?;
+    if !lower.is_dir() {
+        return Err(DaemonError::Io {
+            what: format!("the lower {}", lower.display()),
+            cause: std::io::Error::other(
+                "is not a directory: mount the project home there first (sshfs, NFS…)",
+            ),
+        });
+    }
+    std::fs::create_dir_all(&mountpoint).map_err(io(format!(
+        "creating the mountpoint {}",
+        mountpoint.display()
+    )))?;
     let state = Root::create(&dirs.state).map_err(io(format!("state {}", dirs.state.display())))?;
     let saved = take_saved_journal(&state).map_err(io("loading the journal"))?;
     let clean = saved.is_some();
