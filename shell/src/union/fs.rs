@@ -49,8 +49,25 @@ fn ttl(layer: Layer) -> Duration {
 
 type Result<T> = std::result::Result<T, Errno>;
 
+/// The errno for a failed operation. A lower whose network is gone fails
+/// with connection errors (ENOTCONN from a dead FUSE mount, ETIMEDOUT …);
+/// to a program those are EIO, the error of a disk that cannot be read.
 fn errno(error: std::io::Error) -> Errno {
-    Errno::from(error)
+    use rustix::io::Errno as E;
+    let gone = [
+        E::NOTCONN,
+        E::CONNABORTED,
+        E::CONNRESET,
+        E::TIMEDOUT,
+        E::HOSTDOWN,
+        E::HOSTUNREACH,
+        E::NETDOWN,
+        E::NETUNREACH,
+    ];
+    match E::from_io_error(&error) {
+        Some(e) if gone.contains(&e) => Errno::EIO,
+        _ => Errno::from(error),
+    }
 }
 
 /// Inode numbers, stable for the life of the mount: one per path the
