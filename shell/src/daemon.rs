@@ -308,6 +308,9 @@ pub async fn run_compute_mount(
             ),
         });
     }
+    // A crash's stale mount first: it makes the mountpoint unusable
+    // (ENOTCONN), creating it included.
+    clear_stale_mount(&mountpoint);
     std::fs::create_dir_all(&mountpoint).map_err(io(format!(
         "creating the mountpoint {}",
         mountpoint.display()
@@ -316,7 +319,6 @@ pub async fn run_compute_mount(
     let saved = take_saved_journal(&state).map_err(io("loading the journal"))?;
     let clean = saved.is_some();
     let journal = SharedJournal::new(saved.unwrap_or_default());
-    clear_stale_mount(&mountpoint);
     let mounted = union::mount(
         &mountpoint,
         &dirs.upper,
