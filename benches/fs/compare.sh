@@ -48,6 +48,15 @@ default_setups="local unionfs-local"
 default_setups+=" sshfs unionfs-sshfs"
 [ -n "${UNION_MOUNT_CMD:-}" ] && default_setups+=" ours-sshfs"
 read -r -a setups <<<"${SETUPS:-$default_setups}"
+for s in "${setups[@]}"; do
+    case $s in
+    local | sshfs | unionfs-local | unionfs-sshfs) ;;
+    ours-local | ours-sshfs)
+        [ -n "${UNION_MOUNT_CMD:-}" ] || { echo "compare.sh: $s needs UNION_MOUNT_CMD" >&2; exit 2; }
+        ;;
+    *) echo "compare.sh: unknown setup $s" >&2; exit 2 ;;
+    esac
+done
 
 if [[ " ${setups[*]} " == *" unionfs-"* ]] && ! command -v unionfs >/dev/null; then
     echo "compare.sh: installing unionfs-fuse" >&2
@@ -65,8 +74,14 @@ undo_pop() {
     eval "${undo[n]}" || true
     unset "undo[n]"
 }
+wl= # pid of the running workload.sh (under its backstop timeout)
 cleanup() {
     set +e
+    if [ -n "$wl" ]; then
+        log "stopping workload.sh"
+        kill -TERM "$wl" 2>/dev/null
+        wait "$wl" 2>/dev/null
+    fi
     while [ ${#undo[@]} -gt 0 ]; do undo_pop; done
     if [ "${KEEP:-0}" = 1 ]; then log "kept $state"; else rm -rf "$state"; fi
 }
@@ -143,7 +158,7 @@ prepare() {
         mkdir "$sdir/upper" || return 1
         "mount_${1%-sshfs}" "$sshfs_mnt" "$sdir/upper" "$state/$1.mnt" && dir=$state/$1.mnt
         ;;
-    *) log "unknown setup $1"; return 1 ;;
+    *) return 1 ;;
     esac
 }
 
@@ -170,8 +185,17 @@ for s in "${setups[@]}"; do
         continue
     fi
     # Backstop over the per-workload caps (a hung mount must not hang us).
-    timeout $((4 * cap + 600)) env CAP="$cap" "$here/workload.sh" "$dir" |
-        tee "$state/$s.out" >&2 || log "$s: workload.sh exit $?"
+    # In the background with `wait`, so that a signal runs the traps now
+    # rather than after the workload; tail streams its lines to stderr.
+    timeout $((4 * cap + 600)) env CAP="$cap" "$here/workload.sh" "$dir" >"$state/$s.out" &
+    wl=$!
+    tail -n +1 -f --pid="$wl" "$state/$s.out" >&2 &
+    tl=$!
+    rc=0
+    wait "$wl" || rc=$?
+    wl=
+    wait "$tl" || true
+    [ "$rc" = 0 ] || log "$s: workload.sh exit $rc"
     while read -r w t; do cell[$s,$w]=$t; done <"$state/$s.out"
     # Unmount this setup's own mounts (keeps the shared sshfs mount).
     if [ "$s" = sshfs ]; then n_undo=${#undo[@]}; fi

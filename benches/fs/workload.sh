@@ -98,12 +98,21 @@ EOF
 
 now() { date +%s.%N; }
 
+# On TERM/INT/HUP (e.g. from compare.sh), stop the running workload too:
+# `timeout` runs it in a process group of its own and passes the signal on.
+child=
+trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; exit 143' TERM INT HUP
+
 # run NAME CMD...: time CMD under the cap, print the result line.
 run() {
     local name=$1 t0 t1 rc=0
     shift
     t0=$(now)
-    timeout "$cap" "$@" || rc=$?
+    # In the background: `wait` returns at once when a trapped signal comes.
+    timeout "$cap" "$@" &
+    child=$!
+    wait "$child" || rc=$?
+    child=
     t1=$(now)
     case $rc in
     0) awk -v n="$name" -v a="$t0" -v b="$t1" 'BEGIN { printf "%s %.3f\n", n, b - a }' ;;
