@@ -338,6 +338,7 @@ impl ComputeStore for DiskComputeStore {
         self.staging.clear()?;
         self.pending.clear();
         if let Some(mount) = &self.mount {
+            mount.journal.rearm();
             if !full && !self.recovering {
                 return Ok(self.journal_changes(&mount.journal.clone())?);
             }

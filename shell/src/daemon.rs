@@ -191,7 +191,7 @@ pub async fn run_compute(
     let url = project_url(&options.project, options.allow_insecure).await?;
     let store = DiskComputeStore::open(&options.dirs)
         .map_err(io(format!("upper {}", options.dirs.upper.display())))?;
-    drive_agent(options, url, store, shutdown, status).await
+    drive_agent(options, url, store, None, shutdown, status).await
 }
 
 /// Runs the agent over `store` until `shutdown`, then stops it cleanly.
@@ -199,6 +199,7 @@ async fn drive_agent(
     options: ComputeOptions,
     url: ProjectUrl,
     store: DiskComputeStore,
+    wake_on_changes: Option<SharedJournal>,
     shutdown: impl Future<Output = ()>,
     status: watch::Sender<ComputeStatus>,
 ) -> Result<(), DaemonError> {
@@ -220,6 +221,9 @@ async fn drive_agent(
         "compute agent starting"
     );
     let (commands, command_rx) = mpsc::unbounded_channel();
+    if let Some(journal) = &wake_on_changes {
+        journal.wake(commands.clone());
+    }
     let agent = async move {
         if url.tls {
             let tls = tls::connector(options.ca_cert.as_deref())?;
@@ -333,7 +337,10 @@ pub async fn run_compute_mount(
         .map_err(io(format!("upper {}", dirs.upper.display())))
         .map(|store| store.with_mount(mounted.link(), clean));
     let result = match store {
-        Ok(store) => drive_agent(options.clone(), url, store, shutdown, status).await,
+        Ok(store) => {
+            let wake = Some(journal.clone());
+            drive_agent(options.clone(), url, store, wake, shutdown, status).await
+        }
         Err(e) => Err(e),
     };
     let saved = persist::save(&state, JOURNAL_FILE, &*journal.lock());

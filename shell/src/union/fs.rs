@@ -322,6 +322,7 @@ impl UnionFs {
             };
             Some(meta_of(&stat, target))
         });
+        self.journal.changed();
     }
 
     /// `path` and everything below it in the union, parents first.

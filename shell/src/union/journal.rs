@@ -3,10 +3,15 @@
 //! agent syncs from it instead of walking the upper.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc::UnboundedSender;
 
 use serde::{Deserialize, Serialize};
 use unionsync_core::{Meta, RelPath};
+
+use crate::compute_agent::AgentCommand;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -80,21 +85,52 @@ impl Journal {
     }
 }
 
-/// The journal as the mount's threads and the agent share it.
+/// The journal as the mount's threads and the agent share it, and how a
+/// user's change tells the agent to sync soon.
 #[derive(Clone, Debug, Default)]
-pub struct SharedJournal(Arc<Mutex<Journal>>);
+pub struct SharedJournal {
+    journal: Arc<Mutex<Journal>>,
+    /// Woken once per sync at most: set on the first user change after
+    /// [`SharedJournal::rearm`].
+    wake: Arc<Mutex<Option<UnboundedSender<AgentCommand>>>>,
+    woken: Arc<AtomicBool>,
+}
 
 impl SharedJournal {
     pub fn new(journal: Journal) -> SharedJournal {
-        SharedJournal(Arc::new(Mutex::new(journal)))
+        SharedJournal {
+            journal: Arc::new(Mutex::new(journal)),
+            ..SharedJournal::default()
+        }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Journal> {
         // A panic while holding the lock left at worst one more entry; the
         // journal is still a valid over-approximation of what changed.
-        self.0
+        self.journal
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends [`AgentCommand::Activity`] to `agent` on user changes (the
+    /// schedule then syncs at its shortest interval).
+    pub fn wake(&self, agent: UnboundedSender<AgentCommand>) {
+        *self.wake.lock().unwrap_or_else(|p| p.into_inner()) = Some(agent);
+    }
+
+    /// A user changed something: wake the agent, once until re-armed.
+    pub fn changed(&self) {
+        if self.woken.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(agent) = &*self.wake.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = agent.send(AgentCommand::Activity);
+        }
+    }
+
+    /// A sync is collecting changes: the next user change wakes again.
+    pub fn rearm(&self) {
+        self.woken.store(false, Ordering::Release);
     }
 }
 
@@ -127,6 +163,20 @@ mod tests {
         journal.commit(mark, &[p("a"), p("b")]);
         let paths: Vec<RelPath> = journal.changes().1.into_iter().map(|(p, _)| p).collect();
         assert_eq!(paths, vec![p("b")]);
+    }
+
+    #[test]
+    fn the_agent_is_woken_once_per_sync_by_user_changes() {
+        let shared = SharedJournal::default();
+        let (agent, mut commands) = tokio::sync::mpsc::unbounded_channel();
+        shared.wake(agent);
+        shared.changed();
+        shared.changed();
+        assert_eq!(commands.try_recv().ok(), Some(AgentCommand::Activity));
+        assert!(commands.try_recv().is_err(), "one wake until re-armed");
+        shared.rearm();
+        shared.changed();
+        assert_eq!(commands.try_recv().ok(), Some(AgentCommand::Activity));
     }
 
     #[test]
