@@ -339,6 +339,13 @@ impl ComputeStore for DiskComputeStore {
         self.pending.clear();
         if let Some(mount) = &self.mount {
             mount.journal.rearm();
+            let cached = mount.cache_reads();
+            if cached > 0 {
+                tracing::info!(
+                    cached,
+                    "lower files read since the last sync now cached locally"
+                );
+            }
             if !full && !self.recovering {
                 return Ok(self.journal_changes(&mount.journal.clone())?);
             }

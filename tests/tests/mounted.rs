@@ -157,3 +157,35 @@ fn local_only_paths_stay_on_the_compute_server() {
         Some(&b"local"[..])
     );
 }
+
+#[test]
+fn a_lower_file_read_is_cached_locally_never_pushed_back_and_refreshed_by_the_project() {
+    use std::os::unix::fs::MetadataExt;
+    if !fuse_available() {
+        return;
+    }
+    let scene = Scene::new();
+    write(&scene.home.join("dataset/train.csv"), b"a,b\n1,2\n");
+    let before = std::fs::metadata(scene.home.join("dataset/train.csv")).unwrap();
+    let m = scene.mount_dirs(1);
+    let _project = scene.start_project();
+    let _compute = scene.start_compute_mount(&m);
+    assert_eq!(
+        read(&m.mount.join("dataset/train.csv")).as_deref(),
+        Some(&b"a,b\n1,2\n"[..])
+    );
+    wait_for("the read file cached in the upper", CONVERGE, || {
+        read(&m.upper.join("dataset/train.csv")).as_deref() == Some(b"a,b\n1,2\n")
+    });
+    // A few syncs later the project's file is the very same inode: the
+    // clean copy was not sent back.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = std::fs::metadata(scene.home.join("dataset/train.csv")).unwrap();
+    assert_eq!((after.ino(), after.ctime()), (before.ino(), before.ctime()));
+    write(&scene.home.join("dataset/train.csv"), b"a,b\n1,2\n3,4\n");
+    wait_for("the cached copy refreshed", CONVERGE, || {
+        read(&m.upper.join("dataset/train.csv")).as_deref() == Some(b"a,b\n1,2\n3,4\n")
+            && read(&m.mount.join("dataset/train.csv")).as_deref() == Some(b"a,b\n1,2\n3,4\n")
+    });
+    assert!(conflicts(&scene.home).is_empty());
+}

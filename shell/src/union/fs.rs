@@ -9,7 +9,7 @@
 //!        ─► read/write on an open handle ─► pread/pwrite (no lock)
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -165,12 +165,17 @@ enum Serving {
     Kernel(Arc<fuser::BackingId>),
 }
 
+/// Lower files read between two syncs that are remembered for caching.
+const MAX_PENDING_READS: usize = 10_000;
+
 /// One entry of an open directory: inode, type, name.
 type Listing = (u64, FileType, Vec<u8>);
 
 pub struct UnionFs {
-    layers: Layers,
+    layers: Arc<Layers>,
     journal: SharedJournal,
+    /// Lower files read since the last sync (cached at its start).
+    reads: Arc<Mutex<BTreeSet<RelPath>>>,
     /// Structure changes (and the sync's steps) exclusive, lookups shared.
     tree: Arc<RwLock<()>>,
     inodes: Arc<Mutex<Inodes>>,
@@ -250,13 +255,15 @@ fn timespec(time: TimeOrNow) -> Timespec {
 
 impl UnionFs {
     pub(crate) fn new(
-        layers: Layers,
+        layers: Arc<Layers>,
+        reads: Arc<Mutex<BTreeSet<RelPath>>>,
         journal: SharedJournal,
         tree: Arc<RwLock<()>>,
         inodes: Arc<Mutex<Inodes>>,
     ) -> UnionFs {
         UnionFs {
             layers,
+            reads,
             journal,
             tree,
             inodes,
@@ -484,6 +491,11 @@ impl UnionFs {
                     (self.layers.upper.open_with(&path, raw & keep, 0), true)
                 }
                 Some((Layer::Lower, _)) => {
+                    let mut reads = lock(&self.reads);
+                    if reads.len() < MAX_PENDING_READS && !self.layers.is_local_only(&path) {
+                        reads.insert(path.clone());
+                    }
+                    drop(reads);
                     (self.layers.lower.open_with(&path, OFlags::RDONLY, 0), false)
                 }
                 None => return Err(Errno::ENOENT),

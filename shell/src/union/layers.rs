@@ -337,6 +337,52 @@ impl Layers {
         Ok(())
     }
 
+    /// The first half of caching a lower file that was read: a private copy
+    /// in the upper's temp area, made without any lock (it reads through the
+    /// network). `None` when `path` is no longer a lower file of at most
+    /// `max` bytes.
+    pub fn fetch_for_cache(&self, path: &RelPath, max: u64) -> io::Result<Option<(RelPath, Stat)>> {
+        let Some(stat) = self.lower_view(path)? else {
+            return Ok(None);
+        };
+        let regular =
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
+        if !regular || stat.st_size as u64 > max || self.upper.lstat(path)?.is_some() {
+            return Ok(None);
+        }
+        let temp = self.temp_name();
+        let mut source = self.lower.open_file(path)?;
+        let mut copy = self.tmp.create_file(&temp)?;
+        std::io::copy(&mut source, &mut copy)?;
+        drop(copy);
+        self.tmp.chmod(&temp, stat.st_mode & 0o7777)?;
+        Ok(Some((temp, stat)))
+    }
+
+    /// The second half, under the union's exclusive lock: places the copy
+    /// if the upper still has nothing there and the lower still shows the
+    /// file as it was copied (else drops it). `true` when placed.
+    pub fn place_cached(&self, path: &RelPath, temp: &RelPath, copied: &Stat) -> io::Result<bool> {
+        let unchanged = self.lower_view(path)?.is_some_and(|now| {
+            (now.st_size, now.st_mtime, now.st_mtime_nsec, now.st_ino)
+                == (
+                    copied.st_size,
+                    copied.st_mtime,
+                    copied.st_mtime_nsec,
+                    copied.st_ino,
+                )
+        });
+        if !unchanged || self.upper.lstat(path)?.is_some() {
+            self.tmp.remove(temp, false)?;
+            return Ok(false);
+        }
+        self.upper_dirs(path.parent().as_ref())?;
+        self.upper.rename_from(&self.tmp, temp, path, true)?;
+        self.copy_xattrs(path)?;
+        self.copy_times(path, copied)?;
+        Ok(true)
+    }
+
     /// Copies a whole lower directory tree into the upper (before renaming
     /// it: the renamed directory must carry everything it showed).
     pub fn copy_up_tree(&self, dir: &RelPath) -> io::Result<()> {

@@ -15,6 +15,7 @@ pub mod fs;
 pub mod journal;
 pub mod layers;
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -36,6 +37,8 @@ pub struct Mounted {
     /// Held exclusively by the sync while it changes the upper.
     pub tree: Arc<RwLock<()>>,
     inodes: Arc<Mutex<Inodes>>,
+    layers: Arc<Layers>,
+    reads: Arc<Mutex<BTreeSet<RelPath>>>,
 }
 
 /// What the sync needs of a live mount: the journal, the lock that keeps
@@ -47,12 +50,71 @@ pub struct MountLink {
     tree: Arc<RwLock<()>>,
     inodes: Arc<Mutex<Inodes>>,
     notifier: Notifier,
+    layers: Arc<Layers>,
+    reads: Arc<Mutex<BTreeSet<RelPath>>>,
 }
+
+/// Read caching bounds: files larger than this are never cached, and one
+/// sync caches at most `CACHE_PER_SYNC` bytes (the rest wait for the next).
+const MAX_CACHED_FILE: u64 = 64 << 20;
+const CACHE_PER_SYNC: u64 = 256 << 20;
 
 impl MountLink {
     /// Excludes every structural change through the mount while held.
     pub fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
         self.tree.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Copies the lower files read since the last call into the upper as
+    /// clean copies (later reads are local), journaled so the sync records
+    /// them: their content equals the project's, so no data moves, and a
+    /// later project change is pulled into them like into any upper file.
+    /// Returns how many were cached.
+    pub fn cache_reads(&self) -> usize {
+        let pending: Vec<RelPath> = std::mem::take(&mut *lock(&self.reads))
+            .into_iter()
+            .collect();
+        let (mut budget, mut cached) = (CACHE_PER_SYNC, Vec::new());
+        for (i, path) in pending.iter().enumerate() {
+            if budget == 0 {
+                // Over budget: the rest wait for the next sync.
+                lock(&self.reads).extend(pending[i..].iter().cloned());
+                break;
+            }
+            let fetched = match self
+                .layers
+                .fetch_for_cache(path, MAX_CACHED_FILE.min(budget))
+            {
+                Ok(Some(fetched)) => fetched,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::debug!(%path, %error, "not cached");
+                    continue;
+                }
+            };
+            let (temp, stat) = fetched;
+            let placed = {
+                let _exclusive = self.exclusive();
+                let seen = crate::beneath::meta_of(&stat, None);
+                match self.layers.place_cached(path, &temp, &stat) {
+                    Ok(true) => {
+                        self.journal.lock().note(path, false, || Some(seen));
+                        true
+                    }
+                    Ok(false) => false,
+                    Err(error) => {
+                        tracing::debug!(%path, %error, "not cached");
+                        false
+                    }
+                }
+            };
+            if placed {
+                budget = budget.saturating_sub(stat.st_size as u64);
+                cached.push(path.clone());
+            }
+        }
+        self.invalidate(&cached);
+        cached.len()
     }
 
     /// Drops the kernel's cached entry, attributes and pages of `paths`
@@ -86,6 +148,8 @@ impl Mounted {
             tree: self.tree.clone(),
             inodes: self.inodes.clone(),
             notifier: self.session.notifier(),
+            layers: self.layers.clone(),
+            reads: self.reads.clone(),
         }
     }
 
@@ -113,7 +177,15 @@ pub fn mount(
     )?;
     let tree = Arc::new(RwLock::new(()));
     let inodes = Arc::new(Mutex::new(Inodes::default()));
-    let fs = UnionFs::new(layers, journal.clone(), tree.clone(), inodes.clone());
+    let layers = Arc::new(layers);
+    let reads = Arc::new(Mutex::new(BTreeSet::new()));
+    let fs = UnionFs::new(
+        layers.clone(),
+        reads.clone(),
+        journal.clone(),
+        tree.clone(),
+        inodes.clone(),
+    );
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("unionsync".into()),
@@ -130,5 +202,7 @@ pub fn mount(
         journal,
         tree,
         inodes,
+        layers,
+        reads,
     })
 }
