@@ -529,3 +529,85 @@ pub fn conflicts(home: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         })
         .collect()
 }
+
+/// Whether FUSE mounts are possible here (says why not when they are not).
+pub fn fuse_available() -> bool {
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    eprintln!("skipping: /dev/fuse is absent, so no FUSE mount is possible here");
+    false
+}
+
+/// A union mounted by this process at `mnt` over `upper`, `whiteouts` and
+/// `lower` in a temp directory; unmounted on drop, even when a test panics.
+pub struct UnionMount {
+    mounted: Option<unionsync::union::Mounted>,
+    pub mnt: PathBuf,
+    pub upper: PathBuf,
+    pub whiteouts: PathBuf,
+    pub lower: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl UnionMount {
+    /// `lower` and `upper` fill the layers before the mount.
+    pub fn new(lower: impl FnOnce(&Path), upper: impl FnOnce(&Path)) -> UnionMount {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let low = dir.path().join("lower");
+        std::fs::create_dir(&low).expect("creating the lower");
+        lower(&low);
+        UnionMount::with_lower(dir, low, upper)
+    }
+
+    /// Over an existing `lower` (another mount, say).
+    pub fn over(lower: &Path) -> UnionMount {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        UnionMount::with_lower(dir, lower.to_path_buf(), |_| {})
+    }
+
+    fn with_lower(dir: tempfile::TempDir, lower: PathBuf, upper: impl FnOnce(&Path)) -> UnionMount {
+        let [mnt, up, whiteouts] = ["mnt", "upper", "whiteouts"].map(|name| dir.path().join(name));
+        for d in [&mnt, &up, &whiteouts] {
+            std::fs::create_dir(d).expect("creating a layer");
+        }
+        upper(&up);
+        let mounted = unionsync::union::mount(
+            &mnt,
+            &up,
+            &whiteouts,
+            &lower,
+            Vec::new(),
+            Default::default(),
+        )
+        .expect("mounting the union");
+        UnionMount {
+            mounted: Some(mounted),
+            mnt,
+            upper: up,
+            whiteouts,
+            lower,
+            _dir: dir,
+        }
+    }
+
+    /// `path` inside the mount.
+    pub fn m(&self, path: &str) -> PathBuf {
+        self.mnt.join(path)
+    }
+
+    pub fn mounted(&self) -> &unionsync::union::Mounted {
+        self.mounted.as_ref().expect("mounted until dropped")
+    }
+}
+
+impl Drop for UnionMount {
+    fn drop(&mut self) {
+        if let Some(mounted) = self.mounted.take() {
+            if let Err(e) = mounted.unmount() {
+                eprintln!("unmounting {}: {e}", self.mnt.display());
+            }
+        }
+        detach(&self.mnt);
+    }
+}

@@ -4,17 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use unionsync_tests::{conflicts, is_mounted, wait_for, Scene};
+use unionsync_tests::{conflicts, fuse_available, is_mounted, wait_for, Scene};
 
 const CONVERGE: Duration = Duration::from_secs(60);
-
-fn fuse_available() -> bool {
-    let available = Path::new("/dev/fuse").exists();
-    if !available {
-        eprintln!("skipped: /dev/fuse is absent on this machine");
-    }
-    available
-}
 
 fn write(path: &Path, data: &[u8]) {
     if let Some(parent) = path.parent() {

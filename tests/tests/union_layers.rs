@@ -12,73 +12,13 @@ use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{symlink, DirEntryExt, FileExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
 use unionsync::beneath::meta_of;
-use unionsync::union::{mount, Mounted};
 use unionsync_core::Meta;
 
-fn fuse_available() -> bool {
-    if Path::new("/dev/fuse").exists() {
-        return true;
-    }
-    eprintln!("skipping: /dev/fuse is absent, so no FUSE mount is possible here");
-    false
-}
-
-/// A union mounted at `mnt/` over `upper/`, `whiteouts/` and `lower/` in a
-/// temp directory; unmounted on drop, even when the test panics.
-struct Scene {
-    mounted: Option<Mounted>,
-    mnt: PathBuf,
-    upper: PathBuf,
-    whiteouts: PathBuf,
-    lower: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Scene {
-    /// `lower` and `upper` fill the layers before the mount.
-    fn new(lower: impl FnOnce(&Path), upper: impl FnOnce(&Path)) -> Scene {
-        let dir = tempfile::tempdir().unwrap();
-        let [mnt, up, whiteouts, low] =
-            ["mnt", "upper", "whiteouts", "lower"].map(|name| dir.path().join(name));
-        for d in [&mnt, &up, &whiteouts, &low] {
-            fs::create_dir(d).unwrap();
-        }
-        lower(&low);
-        upper(&up);
-        let mounted = mount(&mnt, &up, &whiteouts, &low, Vec::new(), Default::default())
-            .expect("mounting the union");
-        Scene {
-            mounted: Some(mounted),
-            mnt,
-            upper: up,
-            whiteouts,
-            lower: low,
-            _dir: dir,
-        }
-    }
-
-    fn m(&self, path: &str) -> PathBuf {
-        self.mnt.join(path)
-    }
-
-    fn mounted(&self) -> &Mounted {
-        self.mounted.as_ref().unwrap()
-    }
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        if let Some(mounted) = self.mounted.take() {
-            if let Err(e) = mounted.unmount() {
-                eprintln!("unmounting {}: {e}", self.mnt.display());
-            }
-        }
-    }
-}
+use unionsync_tests::{fuse_available, UnionMount as Scene};
 
 const FIXED_MTIME: i64 = 1_500_000_000;
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use unionsync_tests::Scene;
+use unionsync_tests::{fuse_available, Scene, UnionMount};
 
 fn write(path: &Path, data: &[u8]) {
     if let Some(parent) = path.parent() {
@@ -13,22 +13,9 @@ fn write(path: &Path, data: &[u8]) {
     std::fs::write(path, data).unwrap();
 }
 
-/// Unmounts on drop, even when the test fails.
-struct Mounted(Option<unionsync::union::Mounted>, std::path::PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(mounted) = self.0.take() {
-            let _ = mounted.unmount();
-        }
-        unionsync_tests::detach(&self.1);
-    }
-}
-
 #[test]
 fn a_dead_lower_gives_eio_for_its_content_and_leaves_the_upper_working() {
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!("skipped: /dev/fuse is absent on this machine");
+    if !fuse_available() {
         return;
     }
     let scene = Scene::new();
@@ -37,23 +24,8 @@ fn a_dead_lower_gives_eio_for_its_content_and_leaves_the_upper_working() {
     // process, which the test can kill like a dropped connection.
     let network = scene.mount_dirs(1);
     let network_daemon = scene.start_compute_mount(&network);
-    let dir = tempfile::tempdir().unwrap();
-    let (mnt, upper, whiteouts) = (
-        dir.path().join("m"),
-        dir.path().join("u"),
-        dir.path().join("w"),
-    );
-    std::fs::create_dir_all(&mnt).unwrap();
-    let union = unionsync::union::mount(
-        &mnt,
-        &upper,
-        &whiteouts,
-        &network.mount,
-        Vec::new(),
-        Default::default(),
-    )
-    .unwrap();
-    let _guard = Mounted(Some(union), mnt.clone());
+    let union = UnionMount::over(&network.mount);
+    let mnt = union.mnt.clone();
     assert_eq!(
         std::fs::read(mnt.join("remote.txt")).unwrap(),
         b"over the network"

@@ -38,68 +38,32 @@ use proptest::prelude::*;
 use rustix::fs::{
     AtFlags, FileType, RenameFlags, StatxFlags, Timespec, Timestamps, CWD, UTIME_OMIT,
 };
-use unionsync::union::{mount, Mounted};
+use unionsync_tests::{fuse_available, UnionMount};
 
 // ---------------------------------------------------------------------------
 // The mount, always unmounted
 // ---------------------------------------------------------------------------
 
-fn fuse_available() -> bool {
-    if Path::new("/dev/fuse").exists() {
-        return true;
-    }
-    eprintln!("skipping: /dev/fuse is absent, so no FUSE mount is possible here");
-    false
-}
-
-/// A temp directory with `plain/` (the reference) and a union mounted at
-/// `mnt/` over `upper/`, `whiteouts/` and `lower/`; unmounted on drop, even
-/// when the test panics (before the temp directory goes).
+/// A plain directory `plain` and a union (`union`) whose lower started out
+/// as the plain directory did.
 struct Scene {
-    mounted: Option<Mounted>,
+    union: UnionMount,
     plain: PathBuf,
-    mnt: PathBuf,
-    lower: PathBuf,
-    _dir: tempfile::TempDir,
+    _plain_dir: tempfile::TempDir,
 }
 
 impl Scene {
     /// `populate` fills the lower and the plain directory alike (before the
     /// mount); pass `|_| {}` for an empty lower.
     fn new(populate: impl Fn(&Path)) -> Scene {
-        let dir = tempfile::tempdir().unwrap();
-        let [plain, mnt, upper, whiteouts, lower] =
-            ["plain", "mnt", "upper", "whiteouts", "lower"].map(|name| dir.path().join(name));
-        for d in [&plain, &mnt, &upper, &whiteouts, &lower] {
-            fs::create_dir(d).unwrap();
-        }
-        populate(&lower);
+        let plain_dir = tempfile::tempdir().unwrap();
+        let plain = plain_dir.path().join("plain");
+        fs::create_dir(&plain).unwrap();
         populate(&plain);
-        let mounted = mount(
-            &mnt,
-            &upper,
-            &whiteouts,
-            &lower,
-            Vec::new(),
-            Default::default(),
-        )
-        .expect("mounting the union");
         Scene {
-            mounted: Some(mounted),
+            union: UnionMount::new(&populate, |_| {}),
             plain,
-            mnt,
-            lower,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        if let Some(mounted) = self.mounted.take() {
-            if let Err(e) = mounted.unmount() {
-                eprintln!("unmounting {}: {e}", self.mnt.display());
-            }
+            _plain_dir: plain_dir,
         }
     }
 }
@@ -587,15 +551,15 @@ fn check(populate: impl Fn(&Path), ops: &[Op]) {
         return;
     }
     let scene = Scene::new(populate);
-    let lower_before = tree(&scene.lower, false);
-    if let Err(e) = compare_ops(ops, &scene.plain, &scene.mnt, false) {
+    let lower_before = tree(&scene.union.lower, false);
+    if let Err(e) = compare_ops(ops, &scene.plain, &scene.union.mnt, false) {
         panic!("{e}");
     }
-    if let Err(e) = compare_trees(&scene.plain, &scene.mnt, false) {
+    if let Err(e) = compare_trees(&scene.plain, &scene.union.mnt, false) {
         panic!("after all ops, {e}");
     }
     assert_eq!(
-        tree(&scene.lower, false),
+        tree(&scene.union.lower, false),
         lower_before,
         "the lower was written"
     );
@@ -1280,9 +1244,9 @@ fn random_case(scene: &Scene, ops: &[Op]) -> Result<(), String> {
     static CASE: AtomicU64 = AtomicU64::new(0);
     let name = format!("case-{}", CASE.fetch_add(1, Ordering::Relaxed));
     let (lower, plain, union) = (
-        scene.lower.join(&name),
+        scene.union.lower.join(&name),
         scene.plain.join(&name),
-        scene.mnt.join(&name),
+        scene.union.mnt.join(&name),
     );
     for root in [&lower, &plain] {
         fs::create_dir(root).unwrap();
