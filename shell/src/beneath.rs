@@ -280,6 +280,14 @@ impl Root {
             .transpose()
     }
 
+    /// [`Root::hash`] of each of `paths`.
+    pub fn hashes(&self, paths: &[RelPath]) -> io::Result<Vec<(RelPath, Option<ContentHash>)>> {
+        paths
+            .iter()
+            .map(|p| Ok((p.clone(), self.hash(p)?)))
+            .collect()
+    }
+
     pub fn mkdir(&self, path: &RelPath, mode: u32) -> io::Result<()> {
         let (dir, name) = self.parent(path)?;
         rfs::mkdirat(&dir, name, Mode::from_raw_mode(mode))?;

@@ -400,10 +400,7 @@ impl ComputeStore for DiskComputeStore {
         &mut self,
         paths: &[RelPath],
     ) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>> {
-        paths
-            .iter()
-            .map(|p| Ok((p.clone(), self.upper.hash(p)?)))
-            .collect()
+        Ok(self.upper.hashes(paths)?)
     }
 
     async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>> {

@@ -169,10 +169,7 @@ impl ProjectStore for DiskProjectStore {
         &mut self,
         paths: &[RelPath],
     ) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>> {
-        paths
-            .iter()
-            .map(|p| Ok((p.clone(), self.home.hash(p)?)))
-            .collect()
+        Ok(self.home.hashes(paths)?)
     }
 
     async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>> {
