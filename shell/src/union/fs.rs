@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -287,6 +287,18 @@ impl UnionFs {
         .map_err(|e| errno(path_error(e)))
     }
 
+    /// Held by every structural change (and by the sync's steps): one at
+    /// a time, with no lookup in between. A poisoned lock is still sound:
+    /// each change leaves the layers consistent step by step.
+    fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.tree.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Held by lookups and listings, which may run side by side.
+    fn shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.tree.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn number(&self, path: &RelPath) -> u64 {
         lock(&self.inodes).number(path)
     }
@@ -368,7 +380,7 @@ impl UnionFs {
         path: &RelPath,
         make: impl FnOnce(&Layers) -> std::io::Result<()>,
     ) -> Result<(FileAttr, Duration)> {
-        let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+        let _tree = self.exclusive();
         self.parent_dir(path)?;
         // Absent from the union means absent from both layers here (or
         // hidden in the lower): the new entry is made over nothing.
@@ -480,12 +492,12 @@ impl UnionFs {
         let writes = raw.intersects(OFlags::WRONLY | OFlags::RDWR | OFlags::TRUNC);
         let keep = OFlags::RWMODE | OFlags::APPEND | OFlags::TRUNC | OFlags::SYNC | OFlags::DSYNC;
         let (file, upper) = if writes {
-            let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+            let _tree = self.exclusive();
             self.note(&path);
             self.layers.copy_up(&path).map_err(errno)?;
             (self.layers.upper.open_with(&path, raw & keep, 0), true)
         } else {
-            let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+            let _tree = self.shared();
             match self.layers.resolve(&path).map_err(errno)? {
                 Some((Layer::Upper, _)) => {
                     (self.layers.upper.open_with(&path, raw & keep, 0), true)
@@ -524,7 +536,7 @@ impl UnionFs {
             // Unlinked (or renamed over) while open.
             Err(_) => return self.setattr_unlinked(ino.0, fh, mode, owner, size, times),
         };
-        let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+        let _tree = self.exclusive();
         self.note(&path);
         self.layers.copy_up(&path).map_err(errno)?;
         let upper = &self.layers.upper;
@@ -605,12 +617,8 @@ impl UnionFs {
     }
 
     fn do_unlink(&self, path: &RelPath, dir: bool) -> Result<()> {
-        let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
-        let (layer, stat) = self
-            .layers
-            .resolve(path)
-            .map_err(errno)?
-            .ok_or(Errno::ENOENT)?;
+        let _tree = self.exclusive();
+        let (layer, stat) = self.stat_layer(Some(path))?;
         match (dir, is_dir(&stat)) {
             (false, true) => return Err(Errno::EISDIR),
             (true, false) => return Err(Errno::ENOTDIR),
@@ -640,12 +648,8 @@ impl UnionFs {
         {
             return Err(Errno::EINVAL);
         }
-        let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
-        let (_, source) = self
-            .layers
-            .resolve(from)
-            .map_err(errno)?
-            .ok_or(Errno::ENOENT)?;
+        let _tree = self.exclusive();
+        let (_, source) = self.stat_layer(Some(from))?;
         if from == to {
             return Ok(());
         }
@@ -704,7 +708,7 @@ impl UnionFs {
     }
 
     fn do_readdir(&self, ino: INodeNo) -> Result<Vec<Listing>> {
-        let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+        let _tree = self.shared();
         let dir = self.path(ino)?;
         let parent_ino = match dir.as_ref().and_then(RelPath::parent) {
             Some(parent) => self.number(&parent),
@@ -732,7 +736,7 @@ impl UnionFs {
         read: impl FnOnce(&crate::beneath::Root, &RelPath) -> std::io::Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
         let path = self.path(ino)?.ok_or(Errno::ENOTSUP)?;
-        let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+        let _tree = self.shared();
         match self.layers.resolve(&path).map_err(errno)? {
             Some((Layer::Upper, _)) => read(&self.layers.upper, &path),
             Some((Layer::Lower, _)) => read(&self.layers.lower, &path),
@@ -748,7 +752,7 @@ impl UnionFs {
         write: impl FnOnce(&crate::beneath::Root, &RelPath) -> std::io::Result<()>,
     ) -> Result<()> {
         let path = self.path(ino)?.ok_or(Errno::ENOTSUP)?;
-        let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+        let _tree = self.exclusive();
         self.note(&path);
         self.layers.copy_up(&path).map_err(errno)?;
         write(&self.layers.upper, &path).map_err(errno)
@@ -809,7 +813,7 @@ impl Filesystem for UnionFs {
             if path.is_reserved() {
                 return Err(Errno::ENOENT);
             }
-            let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+            let _tree = self.shared();
             match self.entry(&path) {
                 // Absent from both layers where only this mount (or the
                 // sync, which invalidates) can create it: let the kernel
@@ -848,7 +852,7 @@ impl Filesystem for UnionFs {
                     return Ok((attr(ino.0, &stat), LOWER_TTL));
                 }
             };
-            let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+            let _tree = self.shared();
             let (layer, stat) = self.stat_layer(path.as_ref())?;
             Ok((attr(ino.0, &stat), ttl(layer)))
         })();
@@ -885,7 +889,7 @@ impl Filesystem for UnionFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let result = (|| {
             let path = self.path(ino)?.ok_or(Errno::EINVAL)?;
-            let _tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+            let _tree = self.shared();
             match self.layers.resolve(&path).map_err(errno)? {
                 Some((Layer::Upper, _)) => self.layers.upper.read_link(&path),
                 Some((Layer::Lower, _)) => self.layers.lower.read_link(&path),
@@ -1002,7 +1006,7 @@ impl Filesystem for UnionFs {
             let from = self.path(ino)?.ok_or(Errno::EPERM)?;
             let to = self.child(newparent, newname)?;
             {
-                let _tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+                let _tree = self.exclusive();
                 self.note(&from);
                 self.layers.copy_up(&from).map_err(errno)?;
             }
