@@ -67,6 +67,18 @@ pub enum ComputeIo {
         mark: u64,
         paths: Vec<RelPath>,
     },
+    /// Update the lower metadata index the union answers from (no answer
+    /// expected; a failure is not a failed sync).
+    UpdateIndex(IndexUpdate),
+}
+
+/// A change to the lower metadata index, as the project pushed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexUpdate {
+    /// The whole index, replacing any earlier one.
+    Snapshot(Vec<(RelPath, Meta)>),
+    /// These paths changed (`None`: gone, with everything below).
+    Delta(Vec<(RelPath, Option<Meta>)>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,6 +183,8 @@ pub struct ComputeSession {
     events: VecDeque<ComputeEvent>,
     /// Set when the session wants the agent to close the connection.
     close: Option<SessionError>,
+    /// Parts of an index snapshot until its last part arrives.
+    index_parts: Option<Vec<(RelPath, Meta)>>,
 }
 
 impl ComputeSession {
@@ -192,6 +206,7 @@ impl ComputeSession {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             close: None,
+            index_parts: None,
         }
     }
 
@@ -216,6 +231,7 @@ impl ComputeSession {
         self.phase = Phase::Disconnected;
         self.io.clear();
         self.transmit.clear();
+        self.index_parts = None;
     }
 
     pub fn sync_now(&mut self, now: Instant) {
@@ -303,6 +319,26 @@ impl ComputeSession {
     }
 
     pub fn handle_message(&mut self, now: Instant, message: Message) -> Result<(), SessionError> {
+        // Index news comes whenever the project sees a change: it says
+        // nothing about a sync's progress.
+        match message {
+            Message::IndexSnapshot { entries, more } if self.phase != Phase::Handshake => {
+                let parts = self.index_parts.get_or_insert_with(Vec::new);
+                parts.extend(entries);
+                if !more {
+                    let whole = self.index_parts.take().unwrap_or_default();
+                    self.io
+                        .push_back(ComputeIo::UpdateIndex(IndexUpdate::Snapshot(whole)));
+                }
+                return Ok(());
+            }
+            Message::IndexDelta { changes } if self.phase != Phase::Handshake => {
+                self.io
+                    .push_back(ComputeIo::UpdateIndex(IndexUpdate::Delta(changes)));
+                return Ok(());
+            }
+            _ => {}
+        }
         self.last_progress = now;
         let result = self.dispatch(now, message);
         if let Err(error) = &result {
@@ -388,7 +424,6 @@ impl ComputeSession {
                 let mark = flight.mark;
                 self.io.push_back(ComputeIo::Commit { epoch, mark, paths });
             }
-            Message::IndexSnapshot { .. } | Message::IndexDelta { .. } => {}
             Message::Error { code, message } => {
                 return Err(SessionError::Refused { code, message });
             }

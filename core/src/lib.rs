@@ -49,8 +49,8 @@ pub mod schedule;
 pub mod wire;
 
 pub use compute_session::{
-    ComputeConfig, ComputeEvent, ComputeIo, ComputeSession, ComputeStatus, Phase, SessionError,
-    SyncReport,
+    ComputeConfig, ComputeEvent, ComputeIo, ComputeSession, ComputeStatus, IndexUpdate, Phase,
+    SessionError, SyncReport,
 };
 pub use meta::{same_state, ContentHash, Kind, Meta, Sameness, PERM_MASK};
 pub use path::{PathError, RelPath, RESERVED_DIR};
@@ -61,4 +61,4 @@ pub use reconcile::{
     PathInput, Reported, Resolution, Side,
 };
 pub use schedule::{Schedule, Timing};
-pub use wire::{Change, ErrorCode, Message, WireError, PROTOCOL_VERSION};
+pub use wire::{index_chunks, meta_extra, Change, ErrorCode, Message, WireError, PROTOCOL_VERSION};

@@ -10,6 +10,12 @@
 //!         ──► CommitBase ──► Commit ──► (CommitAck)
 //! ```
 //!
+//! The lower metadata index: with [`ProjectConfig::lower_index`], a
+//! welcomed peer gets the whole index (`IndexSnapshot` → the store walks the
+//! home → [`ProjectSession::handle_index_snapshot`]) and then every change the
+//! shell's watcher reports ([`ProjectSession::handle_index_delta`]); after
+//! lost events, [`ProjectSession::handle_index_rescan`] sends it whole again.
+//!
 //! Crash safety: the base is committed with an epoch after both sides
 //! applied. A compute side one epoch behind missed only the acknowledgement
 //! and resumes normally (its journal still holds the paths, which compare
@@ -29,13 +35,15 @@ use crate::plan::{reconcile, ComputeOp, Plan, ProjectOp};
 use crate::reconcile::{
     needs_hashes, needs_project_subtree, BaseEntry, ComputeView, Inputs, PathInput, Reported,
 };
-use crate::wire::{Change, ErrorCode, Message, PROTOCOL_VERSION};
+use crate::wire::{index_chunks, meta_extra, Change, ErrorCode, Message, PROTOCOL_VERSION};
 
 #[derive(Clone, Debug)]
 pub struct ProjectConfig {
     pub token: Vec<u8>,
     /// A peer that makes no progress for this long is dropped.
     pub step_timeout: Duration,
+    /// Push the lower metadata index to welcomed peers.
+    pub lower_index: bool,
 }
 
 /// Work for the project server's storage.
@@ -77,6 +85,9 @@ pub enum ProjectIo {
         replace: bool,
         updates: Vec<(RelPath, Option<BaseEntry>)>,
     },
+    /// Every entry beneath the home except the reserved directory →
+    /// [`ProjectSession::handle_index_snapshot`].
+    IndexSnapshot,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -469,6 +480,49 @@ impl ProjectSession {
             full: self.full,
         });
         self.state = State::Idle;
+        if self.config.lower_index {
+            self.io.push_back(ProjectIo::IndexSnapshot);
+        }
+    }
+
+    /// Has the peer been welcomed (and may see the home's metadata)?
+    fn welcomed(&self) -> bool {
+        !matches!(
+            self.state,
+            State::AwaitHello | State::LoadingBase { .. } | State::Closed
+        )
+    }
+
+    /// The whole index, as the store listed it.
+    pub fn handle_index_snapshot(&mut self, entries: Vec<(RelPath, Meta)>) {
+        if !self.welcomed() {
+            return;
+        }
+        let mut parts = index_chunks(entries, meta_extra).into_iter().peekable();
+        while let Some(entries) = parts.next() {
+            let more = parts.peek().is_some();
+            self.transmit
+                .push_back(Message::IndexSnapshot { entries, more });
+        }
+    }
+
+    /// Paths the watcher saw change (`None`: gone). Before Welcome they are
+    /// dropped: the snapshot that follows Welcome covers them.
+    pub fn handle_index_delta(&mut self, changes: Vec<(RelPath, Option<Meta>)>) {
+        if !self.config.lower_index || !self.welcomed() || changes.is_empty() {
+            return;
+        }
+        let extra = |meta: &Option<Meta>| meta.as_ref().map_or(0, meta_extra);
+        for changes in index_chunks(changes, extra) {
+            self.transmit.push_back(Message::IndexDelta { changes });
+        }
+    }
+
+    /// The watcher lost events: send the whole index again.
+    pub fn handle_index_rescan(&mut self) {
+        if self.config.lower_index && self.welcomed() {
+            self.io.push_back(ProjectIo::IndexSnapshot);
+        }
     }
 
     pub fn handle_stats(&mut self, now: Instant, stats: Vec<(RelPath, Option<Meta>)>) {

@@ -22,9 +22,10 @@
 //!     CommitAck{epoch} ─────────────────►
 //! ```
 //!
-//! The project also pushes [`Message::IndexSnapshot`] and
-//! [`Message::IndexDelta`] (the lower metadata index) at any time between
-//! syncs.
+//! The project also pushes the lower metadata index at any time after
+//! Welcome, syncs or not: [`Message::IndexSnapshot`] parts (the whole home,
+//! cut by [`index_chunks`]) right after Welcome and again whenever its
+//! watcher lost events, and [`Message::IndexDelta`] when it sees a change.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +35,7 @@ use crate::plan::ComputeOp;
 use crate::reconcile::Reported;
 
 /// Bumped on any incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest frame accepted (file data comes in chunks far below this).
 pub const MAX_MESSAGE_LEN: usize = 16 << 20;
 /// Size of the file data chunks senders cut files into.
@@ -147,9 +148,11 @@ pub enum Message {
         sync: u64,
         epoch: u64,
     },
-    /// project → compute: the whole lower metadata index.
+    /// project → compute: a part of the whole lower metadata index; the
+    /// last part has `more: false`.
     IndexSnapshot {
         entries: Vec<(RelPath, Meta)>,
+        more: bool,
     },
     /// project → compute: index changes (`None`: gone).
     IndexDelta {
@@ -160,6 +163,41 @@ pub enum Message {
         code: ErrorCode,
         message: String,
     },
+}
+
+/// Bytes of index entries per message: well under [`MAX_MESSAGE_LEN`]
+/// whatever the paths, so a big home becomes many frames, not a refused one.
+const INDEX_CHUNK_BYTES: usize = 4 << 20;
+
+/// Cuts index entries into parts that each encode well within
+/// [`MAX_MESSAGE_LEN`] (at least one part, possibly empty).
+pub fn index_chunks<T>(
+    entries: Vec<(RelPath, T)>,
+    extra: impl Fn(&T) -> usize,
+) -> Vec<Vec<(RelPath, T)>> {
+    // A generous bound of one entry's encoding besides its path and the
+    // variable part `extra` (a symlink's target).
+    const FIXED: usize = 64;
+    let mut chunks = vec![Vec::new()];
+    let mut bytes = 0;
+    for entry in entries {
+        let len = FIXED + entry.0.as_bytes().len() + extra(&entry.1);
+        if bytes + len > INDEX_CHUNK_BYTES && !chunks.last().is_none_or(Vec::is_empty) {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += len;
+        chunks.last_mut().expect("never empty").push(entry);
+    }
+    chunks
+}
+
+/// The variable part of one index entry's encoding (for [`index_chunks`]).
+pub fn meta_extra(meta: &Meta) -> usize {
+    match &meta.kind {
+        crate::meta::Kind::Symlink { target } => target.len(),
+        _ => 0,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -263,6 +301,33 @@ mod tests {
             Err(WireError::TooLarge {
                 len: MAX_MESSAGE_LEN + 1
             })
+        );
+    }
+
+    #[test]
+    fn index_chunks_stay_under_the_frame_limit() {
+        let deep = vec!["d".repeat(200); 19].join("/");
+        let long = |i: usize| RelPath::new(format!("{deep}/{i}")).unwrap();
+        let entries: Vec<_> = (0..5000)
+            .map(|i| (long(i), Meta::file(0o644, 1, 1)))
+            .collect();
+        let chunks = index_chunks(entries.clone(), meta_extra);
+        assert!(chunks.len() > 1);
+        assert_eq!(chunks.concat(), entries);
+        for chunk in chunks {
+            let message = Message::IndexSnapshot {
+                entries: chunk,
+                more: true,
+            };
+            assert!(message.encode().is_ok());
+        }
+    }
+
+    #[test]
+    fn index_chunks_of_nothing_is_one_empty_part() {
+        assert_eq!(
+            index_chunks(Vec::<(RelPath, Meta)>::new(), meta_extra),
+            vec![Vec::new()]
         );
     }
 

@@ -9,8 +9,8 @@ use unionsync_core::model::{
     check_union_matches, ComputeUnion, Deferred, Mutation, ProjectHome, Staged,
 };
 use unionsync_core::{
-    BaseEntry, ComputeConfig, ComputeEvent, ComputeIo, ComputeSession, ErrorCode, Message,
-    ProjectConfig, ProjectIo, ProjectSession, RelPath, Timing,
+    BaseEntry, ComputeConfig, ComputeEvent, ComputeIo, ComputeSession, ErrorCode, IndexUpdate,
+    Message, Meta, ProjectConfig, ProjectIo, ProjectSession, RelPath, Timing,
 };
 
 const CHUNK: usize = 3;
@@ -19,6 +19,7 @@ struct Pair {
     now: Instant,
     compute: ComputeSession,
     project: ProjectSession,
+    project_config: ProjectConfig,
     union: ComputeUnion,
     home: ProjectHome,
     base: (u64, BTreeMap<RelPath, BaseEntry>),
@@ -26,6 +27,8 @@ struct Pair {
     compute_staged: Staged,
     project_staged: Staged,
     events: Vec<ComputeEvent>,
+    /// The index updates the compute side was asked to make.
+    index_updates: Vec<IndexUpdate>,
 }
 
 fn p(s: &str) -> RelPath {
@@ -43,15 +46,21 @@ fn config(token: &[u8]) -> ComputeConfig {
 
 impl Pair {
     fn new(token: &[u8]) -> Pair {
+        Pair::with_index(token, false)
+    }
+
+    fn with_index(token: &[u8], lower_index: bool) -> Pair {
         let now = Instant::now();
         let project_config = ProjectConfig {
             token: b"secret".to_vec(),
             step_timeout: Duration::from_secs(30),
+            lower_index,
         };
         Pair {
             now,
             compute: ComputeSession::new(config(token), 0, now),
-            project: ProjectSession::new(project_config, now),
+            project: ProjectSession::new(project_config.clone(), now),
+            project_config,
             union: ComputeUnion::new(false),
             home: ProjectHome::new(false),
             base: (0, BTreeMap::new()),
@@ -59,16 +68,13 @@ impl Pair {
             compute_staged: Staged::new(),
             project_staged: Staged::new(),
             events: Vec::new(),
+            index_updates: Vec::new(),
         }
     }
 
     /// Reconnects both sessions as the agents would after a restart.
     fn reconnect(&mut self) {
-        let project_config = ProjectConfig {
-            token: b"secret".to_vec(),
-            step_timeout: Duration::from_secs(30),
-        };
-        self.project = ProjectSession::new(project_config, self.now);
+        self.project = ProjectSession::new(self.project_config.clone(), self.now);
         self.compute.handle_disconnected(self.now, "test");
         self.compute.handle_connected(self.now);
     }
@@ -162,6 +168,7 @@ impl Pair {
                 self.compute_epoch = epoch;
                 self.compute.handle_committed(now);
             }
+            ComputeIo::UpdateIndex(update) => self.index_updates.push(update),
         }
     }
 
@@ -246,6 +253,15 @@ impl Pair {
                 }
                 self.base.0 = epoch;
                 self.project.handle_base_committed(now);
+            }
+            ProjectIo::IndexSnapshot => {
+                let entries = self
+                    .home
+                    .tree
+                    .keys()
+                    .filter_map(|p| Some((p.clone(), self.home.meta(p)?)))
+                    .collect();
+                self.project.handle_index_snapshot(entries);
             }
         }
     }
@@ -385,4 +401,102 @@ fn a_compute_side_that_lost_its_epoch_gets_a_full_reconcile_without_conflicts() 
     check_union_matches(&pair.union, &pair.home).unwrap();
     assert_eq!(pair.home.tree.len(), 2, "nothing deleted");
     assert!(pair.home.conflicts.is_empty(), "{:?}", pair.home.conflicts);
+}
+
+#[test]
+fn a_welcomed_compute_side_gets_the_whole_index_once() {
+    let mut pair = Pair::with_index(b"secret", true);
+    pair.compute_writes(Mutation::Write(p("a/b"), b"x".to_vec()));
+    pair.compute.handle_connected(pair.now);
+    pair.sync();
+    pair.index_updates.clear();
+    pair.reconnect();
+    pair.pump();
+    let [IndexUpdate::Snapshot(entries)] = pair.index_updates.as_slice() else {
+        panic!("expected one snapshot, got {:?}", pair.index_updates);
+    };
+    let paths: Vec<_> = entries.iter().map(|(p, _)| p.to_string()).collect();
+    assert_eq!(paths, ["a", "a/b"]);
+}
+
+#[test]
+fn no_index_is_sent_unless_configured() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    pair.sync();
+    pair.project.handle_index_delta(vec![(p("x"), None)]);
+    pair.pump();
+    assert!(pair.index_updates.is_empty());
+}
+
+#[test]
+fn index_deltas_reach_only_a_welcomed_peer() {
+    let mut pair = Pair::with_index(b"secret", true);
+    pair.project.handle_index_delta(vec![(p("early"), None)]);
+    assert!(
+        pair.project.poll_transmit().is_none(),
+        "nothing before Hello"
+    );
+    pair.compute.handle_connected(pair.now);
+    pair.pump();
+    pair.index_updates.clear();
+    let meta = Meta::file(0o644, 3, 7);
+    pair.project
+        .handle_index_delta(vec![(p("late"), Some(meta.clone()))]);
+    pair.pump();
+    assert_eq!(
+        pair.index_updates,
+        [IndexUpdate::Delta(vec![(p("late"), Some(meta))])]
+    );
+}
+
+#[test]
+fn a_rescan_sends_the_whole_index_again() {
+    let mut pair = Pair::with_index(b"secret", true);
+    pair.compute.handle_connected(pair.now);
+    pair.pump();
+    pair.index_updates.clear();
+    pair.project.handle_index_rescan();
+    pair.pump();
+    assert!(matches!(
+        pair.index_updates.as_slice(),
+        [IndexUpdate::Snapshot(_)]
+    ));
+}
+
+#[test]
+fn snapshot_parts_are_assembled_before_the_update() {
+    let mut compute = ComputeSession::new(config(b"secret"), 0, Instant::now());
+    let now = Instant::now();
+    compute.handle_connected(now);
+    compute
+        .handle_message(
+            now,
+            Message::Welcome {
+                epoch: 0,
+                full: true,
+            },
+        )
+        .unwrap();
+    while compute.poll_io().is_some() {}
+    let part = |name: &str, more| Message::IndexSnapshot {
+        entries: vec![(p(name), Meta::dir(0o755, 1))],
+        more,
+    };
+    compute.handle_message(now, part("a", true)).unwrap();
+    assert_eq!(compute.poll_io(), None, "no update before the last part");
+    compute.handle_message(now, part("b", false)).unwrap();
+    let Some(ComputeIo::UpdateIndex(IndexUpdate::Snapshot(entries))) = compute.poll_io() else {
+        panic!("expected the assembled snapshot");
+    };
+    assert_eq!(entries.len(), 2);
+}
+
+#[test]
+fn index_news_before_welcome_is_a_protocol_error() {
+    let mut compute = ComputeSession::new(config(b"secret"), 0, Instant::now());
+    let now = Instant::now();
+    compute.handle_connected(now);
+    let early = Message::IndexDelta { changes: vec![] };
+    assert!(compute.handle_message(now, early).is_err());
 }

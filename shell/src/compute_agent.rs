@@ -312,6 +312,14 @@ impl<St: ComputeStore> Agent<St> {
                 .commit(epoch, mark, &paths)
                 .await
                 .map(|()| session.handle_committed(now())),
+            ComputeIo::UpdateIndex(update) => {
+                // The union falls back to live lookups where the index is
+                // missing; a failed update is not a failed sync.
+                if let Err(error) = store.update_index(update).await {
+                    tracing::warn!(%error, "cannot update the lower index");
+                }
+                Ok(())
+            }
         };
         if let Err(error) = result {
             tracing::warn!(%error, "compute storage failed");

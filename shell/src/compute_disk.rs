@@ -19,7 +19,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use unionsync_core::{Change, ComputeOp, ContentHash, Meta, RelPath, Reported};
+use unionsync_core::{Change, ComputeOp, ContentHash, IndexUpdate, Meta, RelPath, Reported};
 
 use crate::beneath::{is_absent, Root};
 use crate::persist;
@@ -429,6 +429,13 @@ impl ComputeStore for DiskComputeStore {
         };
         mount.invalidate(&changed);
         Ok(applied)
+    }
+
+    async fn update_index(&mut self, update: IndexUpdate) -> StoreResult<()> {
+        if let Some(mount) = &self.mount {
+            mount.update_index(update);
+        }
+        Ok(())
     }
 
     async fn commit(&mut self, epoch: u64, mark: u64, paths: &[RelPath]) -> StoreResult<()> {

@@ -9,10 +9,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_tungstenite::tungstenite::http::Uri;
 use unionsync_core::{ComputeConfig, ComputeStatus, ProjectConfig, RelPath, Timing};
 
@@ -22,6 +23,7 @@ use crate::compute_disk::{ComputeDirs, DiskComputeStore};
 use crate::persist;
 use crate::project_disk::DiskProjectStore;
 use crate::project_server::serve;
+use crate::project_watch::{ProjectWatch, WatchNews};
 use crate::tls::{self, TlsError, TlsListener, TlsTcpConnector};
 use crate::union::{self, journal::Journal, journal::SharedJournal};
 
@@ -98,7 +100,9 @@ pub async fn run_project_server(
     let config = ProjectConfig {
         token: options.token,
         step_timeout: options.step_timeout,
+        lower_index: true,
     };
+    let (news, _watch) = watch_home(&options.home)?;
     let served = async move {
         match tls {
             Some(tls) => {
@@ -107,9 +111,9 @@ pub async fn run_project_server(
                     tls,
                     handshake_timeout: HANDSHAKE_TIMEOUT,
                 };
-                serve(listener, store, config, None).await
+                serve(listener, store, config, None, Some(news)).await
             }
-            None => serve(listener, store, config, None).await,
+            None => serve(listener, store, config, None, Some(news)).await,
         }
     };
     tokio::select! {
@@ -119,6 +123,28 @@ pub async fn run_project_server(
             Ok(())
         }
     }
+}
+
+/// How long the home must be quiet before a batch of changes goes out.
+const WATCH_SETTLE: Duration = Duration::from_millis(250);
+
+/// Starts the home's watcher and fans its news out to every connection
+/// (the returned watch runs until dropped).
+fn watch_home(
+    home: &Path,
+) -> Result<(broadcast::Sender<Arc<WatchNews>>, ProjectWatch), DaemonError> {
+    let (sender, mut receiver) = mpsc::unbounded_channel();
+    let watch = ProjectWatch::start(home, WATCH_SETTLE, sender)
+        .map_err(io(format!("watching {}", home.display())))?;
+    let (news, _) = broadcast::channel(64);
+    let fan_out = news.clone();
+    tokio::spawn(async move {
+        while let Some(item) = receiver.recv().await {
+            // No connection listening is fine.
+            let _ = fan_out.send(Arc::new(item));
+        }
+    });
+    Ok((news, watch))
 }
 
 #[derive(Clone, Debug)]

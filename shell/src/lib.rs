@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod persist;
 pub mod project_disk;
 pub mod project_server;
+pub mod project_watch;
 pub mod staging;
 pub mod store;
 pub mod tls;

@@ -172,6 +172,10 @@ impl ProjectStore for DiskProjectStore {
         Ok(self.home.hashes(paths)?)
     }
 
+    async fn index_snapshot(&mut self) -> StoreResult<Vec<(RelPath, Meta)>> {
+        Ok(self.home.walk(None)?)
+    }
+
     async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>> {
         Ok(self.home.read_file(path, expect)?)
     }

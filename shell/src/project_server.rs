@@ -4,7 +4,7 @@
 //! ```text
 //! serve: accept ─► spawn_local(serve_connection) ─► accept …
 //! serve_connection: websocket accept ─► loop:
-//!     select: frame │ session timeout
+//!     select: frame │ session timeout │ index news (watcher)
 //!     after each: drain poll_io (store) / poll_transmit (send)
 //!                 / poll_event (log, forward) / poll_close (Error sent, close)
 //! ```
@@ -13,13 +13,15 @@
 //! async-fn-in-trait futures are not `Send`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use unionsync_core::{
     ErrorCode, Message, ProjectConfig, ProjectError, ProjectEvent, ProjectIo, ProjectSession,
 };
 
+use crate::project_watch::WatchNews;
 use crate::store::{ProjectStore, StoreError};
 use crate::transport::{self, Inbound, TransportError, Ws};
 use crate::{now, sleep_until};
@@ -49,13 +51,15 @@ pub enum ServeError {
 }
 
 /// Serves every connection `listener` accepts, each on its own local task
-/// with a clone of `store`. Returns only if accepting fails for a reason
-/// other than one connection's (aborted, reset, interrupted).
+/// with a clone of `store`; each passes on what `news` (the home's
+/// watcher) reports. Returns only if accepting fails for a reason other
+/// than one connection's (aborted, reset, interrupted).
 pub async fn serve<L: Listener, St: ProjectStore + Clone + 'static>(
     mut listener: L,
     store: St,
     config: ProjectConfig,
     events: Option<mpsc::UnboundedSender<ProjectEvent>>,
+    news: Option<broadcast::Sender<Arc<WatchNews>>>,
 ) -> std::io::Result<()> {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
     loop {
@@ -72,7 +76,9 @@ pub async fn serve<L: Listener, St: ProjectStore + Clone + 'static>(
             }
             Err(error) => return Err(error),
         };
-        let connection = serve_connection(stream, store.clone(), config.clone(), events.clone());
+        let news = news.as_ref().map(broadcast::Sender::subscribe);
+        let connection =
+            serve_connection(stream, store.clone(), config.clone(), events.clone(), news);
         tokio::task::spawn_local(async move {
             match connection.await {
                 Ok(()) => tracing::debug!(%peer, "compute server hung up"),
@@ -90,6 +96,7 @@ pub async fn serve_connection<S, St>(
     mut store: St,
     config: ProjectConfig,
     events: Option<mpsc::UnboundedSender<ProjectEvent>>,
+    mut news: Option<broadcast::Receiver<Arc<WatchNews>>>,
 ) -> Result<(), ServeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -127,7 +134,29 @@ where
                 Err(error) => return Err(error.into()),
             },
             () = sleep_until(session.poll_timeout()) => session.handle_timeout(now()),
+            received = recv_news(&mut news) => match received {
+                Ok(news) => match &*news {
+                    WatchNews::Changed(changes) => {
+                        tracing::debug!(changes = changes.len(), "index news");
+                        session.handle_index_delta(changes.clone())
+                    }
+                    WatchNews::Rescan => session.handle_index_rescan(),
+                },
+                // This connection fell behind the watcher: start it over.
+                Err(broadcast::error::RecvError::Lagged(_)) => session.handle_index_rescan(),
+                Err(broadcast::error::RecvError::Closed) => news = None,
+            },
         }
+    }
+}
+
+/// The next index news; never, without a watcher.
+async fn recv_news(
+    news: &mut Option<broadcast::Receiver<Arc<WatchNews>>>,
+) -> Result<Arc<WatchNews>, broadcast::error::RecvError> {
+    match news {
+        Some(news) => news.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -236,6 +265,10 @@ where
             .await?
             .map(|skipped| session.handle_files_sent(now(), skipped))
         }
+        ProjectIo::IndexSnapshot => store
+            .index_snapshot()
+            .await
+            .map(|entries| session.handle_index_snapshot(entries)),
         ProjectIo::CommitBase {
             compute_id,
             epoch,

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use unionsync_core::{BaseEntry, Change, ComputeOp, ContentHash, Meta, ProjectOp, RelPath};
+use unionsync_core::{
+    BaseEntry, Change, ComputeOp, ContentHash, IndexUpdate, Meta, ProjectOp, RelPath,
+};
 
 /// A storage failure: the sync in flight fails, nothing is half-applied
 /// beyond what compare-and-swap and deferral already allow.
@@ -55,6 +57,11 @@ pub trait ComputeStore {
     /// Durably record `epoch`; drop `paths` from the journal unless changed
     /// after `mark`.
     async fn commit(&mut self, epoch: u64, mark: u64, paths: &[RelPath]) -> StoreResult<()>;
+    /// The project's lower metadata index changed. Only a store serving a
+    /// union mount has a use for it; the others ignore it.
+    async fn update_index(&mut self, _update: IndexUpdate) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 /// The project server's side: the home directory and every compute
@@ -95,4 +102,9 @@ pub trait ProjectStore {
         replace: bool,
         updates: &[(RelPath, Option<BaseEntry>)],
     ) -> StoreResult<()>;
+    /// Every entry beneath the home but the reserved directory (the lower
+    /// metadata index), parents before children.
+    async fn index_snapshot(&mut self) -> StoreResult<Vec<(RelPath, Meta)>> {
+        Err(StoreError("this store keeps no lower index".into()))
+    }
 }

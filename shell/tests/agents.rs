@@ -172,6 +172,7 @@ fn project_config() -> ProjectConfig {
     ProjectConfig {
         token: TOKEN.to_vec(),
         step_timeout: Duration::from_secs(10),
+        lower_index: false,
     }
 }
 
@@ -207,6 +208,7 @@ async fn raw_client(
         server,
         project.clone(),
         project_config(),
+        None,
         None,
     ));
     let ws = transport::connect("ws://project/", client).await.unwrap();
@@ -310,6 +312,7 @@ async fn one_compute_file_reaches_the_project_and_both_commit_epoch_1() {
             project.clone(),
             project_config(),
             Some(project_events),
+            None,
         ));
 
         let session = ComputeConfig {

@@ -350,12 +350,14 @@ async fn project_host(disks: SharedDisks, log: SharedLog) -> turmoil::Result {
     let config = ProjectConfig {
         token: TOKEN.to_vec(),
         step_timeout: Duration::from_secs(10),
+        lower_index: false,
     };
     serve(
         SimListener(listener),
         SimProjectStore::new(disks),
         config,
         Some(events),
+        None,
     )
     .await?;
     Ok(())

@@ -541,6 +541,26 @@ pub fn fuse_available() -> bool {
 
 /// A union mounted by this process at `mnt` over `upper`, `whiteouts` and
 /// `lower` in a temp directory; unmounted on drop, even when a test panics.
+/// The names in `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("listing a directory")
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Is nothing at `path` (not even a dangling symlink)?
+pub fn absent(path: &Path) -> bool {
+    matches!(std::fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+}
+
 pub struct UnionMount {
     mounted: Option<unionsync::union::Mounted>,
     pub mnt: PathBuf,

@@ -27,15 +27,21 @@ async fn send(ws: &mut Ws, message: &Message) {
         .unwrap();
 }
 
-/// The next protocol message, or `None` once the server closed.
+/// The next protocol message but the lower index the project pushes at
+/// any time, or `None` once the server closed.
 async fn next(ws: &mut Ws) -> Option<Message> {
-    let frame = tokio::time::timeout(Duration::from_secs(20), ws.next())
-        .await
-        .expect("the server answers within 20 s");
-    match frame {
-        Some(Ok(Frame::Binary(bytes))) => Some(Message::decode(&bytes).unwrap()),
-        Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => None,
-        Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("the server answers within 20 s");
+        match frame {
+            Some(Ok(Frame::Binary(bytes))) => match Message::decode(&bytes).unwrap() {
+                Message::IndexSnapshot { .. } | Message::IndexDelta { .. } => continue,
+                message => return Some(message),
+            },
+            Some(Ok(Frame::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+        }
     }
 }
 

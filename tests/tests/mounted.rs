@@ -76,6 +76,30 @@ fn a_project_edit_of_a_file_in_the_upper_shows_through_the_mount() {
 }
 
 #[test]
+fn project_additions_show_through_the_mount_even_under_directories_made_there() {
+    if !fuse_available() {
+        return;
+    }
+    let scene = Scene::new();
+    let m = scene.mount_dirs(1);
+    let _project = scene.start_project();
+    let _compute = scene.start_compute_mount(&m);
+    write(&m.mount.join("made-here/a.txt"), b"a");
+    wait_for("the push", CONVERGE, || {
+        read(&scene.home.join("made-here/a.txt")).is_some()
+    });
+    // Looked up (and found absent) through the mount first.
+    assert!(read(&m.mount.join("made-here/b.txt")).is_none());
+    assert!(read(&m.mount.join("top.txt")).is_none());
+    write(&scene.home.join("made-here/b.txt"), b"from the project");
+    write(&scene.home.join("top.txt"), b"top");
+    wait_for("the project's files, through the mount", CONVERGE, || {
+        read(&m.mount.join("made-here/b.txt")).as_deref() == Some(b"from the project")
+            && read(&m.mount.join("top.txt")).as_deref() == Some(b"top")
+    });
+}
+
+#[test]
 fn changes_made_while_the_project_is_away_survive_a_clean_restart() {
     if !fuse_available() {
         return;

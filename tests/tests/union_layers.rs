@@ -18,7 +18,7 @@ use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
 use unionsync::beneath::meta_of;
 use unionsync_core::Meta;
 
-use unionsync_tests::{fuse_available, UnionMount as Scene};
+use unionsync_tests::{absent, fuse_available, names, UnionMount as Scene};
 
 const FIXED_MTIME: i64 = 1_500_000_000;
 
@@ -58,22 +58,6 @@ fn mode(path: &Path) -> u32 {
 fn mtime(path: &Path) -> (i64, i64) {
     let meta = fs::symlink_metadata(path).unwrap();
     (meta.mtime(), meta.mtime_nsec())
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-fn absent(path: &Path) -> bool {
-    match fs::symlink_metadata(path) {
-        Err(e) => e.kind() == ErrorKind::NotFound,
-        Ok(_) => false,
-    }
 }
 
 /// Every entry below `root`: kind, mode, content or target (no times).

@@ -40,13 +40,6 @@ const UPPER_TTL: Duration = Duration::from_secs(60);
 /// behind our back.
 const LOWER_TTL: Duration = Duration::from_secs(1);
 
-fn ttl(layer: Layer) -> Duration {
-    match layer {
-        Layer::Upper => UPPER_TTL,
-        Layer::Lower => LOWER_TTL,
-    }
-}
-
 type Result<T> = std::result::Result<T, Errno>;
 
 /// The errno for a failed operation. A lower whose network is gone fails
@@ -299,6 +292,16 @@ impl UnionFs {
         self.tree.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How long the kernel may keep an entry of `layer`: lower entries
+    /// only briefly unless the index answers for them (its changes are
+    /// invalidated).
+    fn ttl(&self, layer: Layer) -> Duration {
+        match layer {
+            Layer::Lower if !self.layers.has_index() => LOWER_TTL,
+            _ => UPPER_TTL,
+        }
+    }
+
     fn number(&self, path: &RelPath) -> u64 {
         lock(&self.inodes).number(path)
     }
@@ -322,7 +325,7 @@ impl UnionFs {
     /// The entry the kernel gets for `path`, with how long it may keep it.
     fn entry(&self, path: &RelPath) -> Result<(FileAttr, Duration)> {
         let (layer, stat) = self.stat_layer(Some(path))?;
-        Ok((attr(self.number(path), &stat), ttl(layer)))
+        Ok((attr(self.number(path), &stat), self.ttl(layer)))
     }
 
     /// Journals a change of `path` (before making it): the first change
@@ -332,15 +335,9 @@ impl UnionFs {
         if layers.is_local_only(path) {
             return;
         }
-        self.journal.lock().note(path, false, || {
-            let stat = layers.lower_view(path).ok().flatten()?;
-            let target = if kind_of(&stat) == FileType::Symlink {
-                layers.lower.read_link(path).ok()
-            } else {
-                None
-            };
-            Some(meta_of(&stat, target))
-        });
+        self.journal
+            .lock()
+            .note(path, false, || layers.lower_meta(path).ok().flatten());
         self.journal.changed();
     }
 
@@ -854,7 +851,7 @@ impl Filesystem for UnionFs {
             };
             let _tree = self.shared();
             let (layer, stat) = self.stat_layer(path.as_ref())?;
-            Ok((attr(ino.0, &stat), ttl(layer)))
+            Ok((attr(ino.0, &stat), self.ttl(layer)))
         })();
         match result {
             Ok((attr, ttl)) => reply.attr(&ttl, &attr),
@@ -892,7 +889,7 @@ impl Filesystem for UnionFs {
             let _tree = self.shared();
             match self.layers.resolve(&path).map_err(errno)? {
                 Some((Layer::Upper, _)) => self.layers.upper.read_link(&path),
-                Some((Layer::Lower, _)) => self.layers.lower.read_link(&path),
+                Some((Layer::Lower, _)) => self.layers.lower_read_link(&path),
                 None => return Err(Errno::ENOENT),
             }
             .map_err(errno)

@@ -7,6 +7,9 @@
 //!             lower has p ─► Lower            else absent
 //! ```
 //!
+//! "The lower has p" is answered by the project's [`LowerIndex`] once one
+//! arrived (no network), else by the lower mount.
+//!
 //! A whiteout marker (`<whiteouts>/<parent>/.wh.<name>`, the format the
 //! compute store reads) means "the lower's version of this path, and
 //! everything below it, is deleted here": a directory created again over
@@ -18,10 +21,12 @@ use std::sync::RwLock;
 
 use rustix::fs::{OFlags, Stat, Timespec};
 use rustix::io::Errno;
-use unionsync_core::RelPath;
+use unionsync_core::{Meta, RelPath};
 
-use crate::beneath::{is_absent, Root};
+use crate::beneath::{is_absent, meta_of, Root};
 use crate::compute_disk::whiteout_marker;
+
+use super::index::{stat_of, LowerIndex};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layer {
@@ -43,12 +48,14 @@ pub struct Layers {
     pub whiteouts: Root,
     /// Temp files of copy-ups, beneath the upper (same filesystem).
     tmp: Root,
-    /// Directories this mount created where the lower had nothing: nothing
-    /// below them is looked up in the lower, so building in a new directory
-    /// never waits on the network. (What the sync later pushes there is the
-    /// upper's own content; a project-side addition below such a directory
-    /// shows after a remount.)
+    /// Until an index arrives: directories this mount created where the
+    /// lower had nothing, so building in a new directory never waits on
+    /// the network. (A project-side addition below one shows once the
+    /// index arrives.)
     lower_absent: RwLock<HashSet<RelPath>>,
+    /// The project's index and a stat of the lower root for the fields the
+    /// index lacks; `None` until the first snapshot.
+    index: RwLock<Option<(LowerIndex, Stat)>>,
     /// Paths that live only here (caches, scratch space): the lower is
     /// never consulted below them and the sync never sees them.
     local_only: Vec<RelPath>,
@@ -100,8 +107,59 @@ impl Layers {
             whiteouts,
             tmp,
             lower_absent: RwLock::new(HashSet::new()),
+            index: RwLock::new(None),
             local_only,
         })
+    }
+
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Option<(LowerIndex, Stat)>> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Does the project's index answer for the lower?
+    pub fn has_index(&self) -> bool {
+        self.read_index().is_some()
+    }
+
+    /// Replaces the index with a snapshot; returns the paths whose lower
+    /// entry changed (none the first time: until then the kernel kept lower
+    /// entries only briefly).
+    pub fn replace_index(&self, entries: Vec<(RelPath, Meta)>) -> Vec<RelPath> {
+        let new = LowerIndex::new(entries);
+        // Owner and device for the entries; the upper's root if the lower
+        // is unreachable right now.
+        let template = self.lower.root_stat().or_else(|_| self.upper.root_stat());
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        let changed = match index.as_ref() {
+            Some((old, _)) => old.differences(&new),
+            None => Vec::new(),
+        };
+        let template = match (template, index.as_ref()) {
+            (Ok(stat), _) => stat,
+            (Err(_), Some((_, old))) => *old,
+            // Neither root can be read: keep answering live.
+            (Err(error), None) => {
+                tracing::warn!(%error, "cannot use the lower index");
+                return changed;
+            }
+        };
+        *index = Some((new, template));
+        self.lower_absent
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        changed
+    }
+
+    /// Applies the project's changes to the index (ignored before the first
+    /// snapshot, which will hold them).
+    pub fn update_index(&self, changes: &[(RelPath, Option<Meta>)]) {
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((index, _)) = index.as_mut() {
+            for (path, meta) in changes {
+                index.set(path, meta.clone());
+            }
+        }
     }
 
     pub fn is_whiteout(&self, path: &RelPath) -> io::Result<bool> {
@@ -137,21 +195,70 @@ impl Layers {
         if self.is_local_only(path) || self.known_absent(path) || self.lower_hidden(path)? {
             return Ok(None);
         }
+        if let Some((index, template)) = self.read_index().as_ref() {
+            return Ok(index.get(path).map(|meta| {
+                let subdirs = if meta.is_dir() {
+                    index.subdirs(path)
+                } else {
+                    0
+                };
+                stat_of(meta, subdirs, template)
+            }));
+        }
         self.lower.lstat(path)
+    }
+
+    /// What the lower shows at `path` through the union, as sync metadata
+    /// (what the journal records as seen before a first change).
+    pub fn lower_meta(&self, path: &RelPath) -> io::Result<Option<Meta>> {
+        if self.is_local_only(path) || self.known_absent(path) || self.lower_hidden(path)? {
+            return Ok(None);
+        }
+        if let Some((index, _)) = self.read_index().as_ref() {
+            return Ok(index.get(path).cloned());
+        }
+        let Some(stat) = self.lower.lstat(path)? else {
+            return Ok(None);
+        };
+        let symlink =
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink;
+        let target = if symlink {
+            Some(self.lower.read_link(path)?)
+        } else {
+            None
+        };
+        Ok(Some(meta_of(&stat, target)))
+    }
+
+    /// The target of the lower symlink `path` (from the index when there is
+    /// one).
+    pub fn lower_read_link(&self, path: &RelPath) -> io::Result<Vec<u8>> {
+        if let Some((index, _)) = self.read_index().as_ref() {
+            return match index.get(path).map(|m| &m.kind) {
+                Some(unionsync_core::Kind::Symlink { target }) => Ok(target.clone()),
+                Some(_) => Err(Errno::INVAL.into()),
+                None => Err(Errno::NOENT.into()),
+            };
+        }
+        self.lower.read_link(path)
     }
 
     pub fn is_local_only(&self, path: &RelPath) -> bool {
         is_local_only(&self.local_only, path)
     }
 
-    /// Is nothing at `path` in the lower, as far as the union is concerned,
-    /// without asking it? (Below a local-only path or a directory this
-    /// mount created over nothing.)
+    /// Is the lower's answer for `path` known without asking it? (Below a
+    /// local-only path or a directory this mount created over nothing, or
+    /// anywhere once the index arrived: it is invalidated when it changes.)
     pub fn lower_skipped(&self, path: &RelPath) -> bool {
-        self.is_local_only(path) || self.known_absent(path)
+        self.is_local_only(path) || self.has_index() || self.known_absent(path)
     }
 
     fn known_absent(&self, path: &RelPath) -> bool {
+        // With an index, the index knows (it is told what the sync pushes).
+        if self.has_index() {
+            return false;
+        }
         let absent = self.lower_absent.read().unwrap_or_else(|p| p.into_inner());
         !absent.is_empty()
             && (absent.contains(path) || path.ancestors().any(|a| absent.contains(&a)))
@@ -160,6 +267,9 @@ impl Layers {
     /// Notes that the lower has nothing at `dir`, which this mount just
     /// created in the upper (see `lower_absent`).
     pub fn created_over_nothing(&self, dir: &RelPath) {
+        if self.has_index() {
+            return;
+        }
         let mut absent = self.lower_absent.write().unwrap_or_else(|p| p.into_inner());
         absent.insert(dir.clone());
     }
@@ -208,6 +318,28 @@ impl Layers {
             Some(dir) => self.lower_view(dir)?.is_some_and(|s| is_dir(&s)),
         };
         if lower_dir {
+            if let Some((index, template)) = self.read_index().as_ref() {
+                for (name, meta) in index.children(dir) {
+                    if seen.contains(name) {
+                        continue;
+                    }
+                    let path = join(dir, name)?;
+                    if path.is_reserved() || self.is_whiteout(&path)? {
+                        continue;
+                    }
+                    let subdirs = if meta.is_dir() {
+                        index.subdirs(&path)
+                    } else {
+                        0
+                    };
+                    out.push(Listed {
+                        name: name.to_vec(),
+                        layer: Layer::Lower,
+                        stat: stat_of(meta, subdirs, template),
+                    });
+                }
+                return Ok(out);
+            }
             let names = match self.lower.names(dir) {
                 Ok(names) => names,
                 Err(e) if is_absent(&e) => Vec::new(),
@@ -315,7 +447,7 @@ impl Layers {
                 self.copy_times(path, &stat)?;
             }
             rustix::fs::FileType::Symlink => {
-                let target = self.lower.read_link(path)?;
+                let target = self.lower_read_link(path)?;
                 let temp = self.temp_name();
                 self.tmp.symlink(&temp, &target)?;
                 self.upper.rename_from(&self.tmp, &temp, path, true)?;
@@ -355,6 +487,18 @@ impl Layers {
         let mut copy = self.tmp.create_file(&temp)?;
         std::io::copy(&mut source, &mut copy)?;
         drop(copy);
+        // The index is the project's word, the content came through the
+        // mount: a mount that lags behind the index may have served older
+        // bytes, which must not become a clean copy. (Seconds only: sshfs
+        // has no finer mtimes.)
+        let agrees = self
+            .lower
+            .lstat(path)?
+            .is_some_and(|live| (live.st_size, live.st_mtime) == (stat.st_size, stat.st_mtime));
+        if !agrees {
+            self.tmp.remove(&temp, false)?;
+            return Ok(None);
+        }
         self.tmp.chmod(&temp, stat.st_mode & 0o7777)?;
         Ok(Some((temp, stat)))
     }

@@ -9,9 +9,12 @@
 //!
 //! - [`layers`]: the union by path (resolution, copy-up, whiteouts);
 //! - [`fs`]: the FUSE edge (inodes, handles, errno);
+//! - [`index`]: the project's metadata of the lower, answering without
+//!   the network;
 //! - [`journal`]: what changed since the last sync.
 
 pub mod fs;
+pub mod index;
 pub mod journal;
 pub mod layers;
 
@@ -23,7 +26,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 
 use fuser::{BackgroundSession, Config, INodeNo, MountOption, Notifier};
-use unionsync_core::RelPath;
+use unionsync_core::{IndexUpdate, RelPath};
 
 use crate::beneath::Root;
 use fs::{lock, Inodes, UnionFs};
@@ -115,6 +118,23 @@ impl MountLink {
         }
         self.invalidate(&cached);
         cached.len()
+    }
+
+    /// Applies the project's index news and makes the kernel forget what
+    /// it cached about the paths it changes.
+    pub fn update_index(&self, update: IndexUpdate) {
+        let changed = match update {
+            IndexUpdate::Snapshot(entries) => {
+                tracing::debug!(entries = entries.len(), "lower index snapshot");
+                self.layers.replace_index(entries)
+            }
+            IndexUpdate::Delta(changes) => {
+                tracing::debug!(changes = changes.len(), "lower index delta");
+                self.layers.update_index(&changes);
+                changes.into_iter().map(|(path, _)| path).collect()
+            }
+        };
+        self.invalidate(&changed);
     }
 
     /// Drops the kernel's cached entry, attributes and pages of `paths`
