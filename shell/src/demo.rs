@@ -1,186 +1,295 @@
-//! `unionsync demo`: one sync of a scripted day, decided by the core.
+//! `unionsync demo [DIR]`: both sides on this machine — a project server
+//! on a sample home and a mounted compute server over it — until Ctrl-C.
+//!
+//! ```text
+//! DIR/project   the project home (the truth), served on 127.0.0.1:<free port>
+//! DIR/mnt       the union mount: work here (upper DIR/compute/upper over DIR/project)
+//! DIR/token     the shared secret
+//! ```
+//!
+//! On a real compute server the lower is the project home through sshfs or
+//! NFS; here both sides share a disk, so the lower is the home itself.
 
 use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
-use unionsync_core::{
-    reconcile, BaseEntry, ContentHash, Inputs, Meta, PathInput, RelPath, Reported,
-};
+use unionsync::compute_disk::ComputeDirs;
+use unionsync::daemon::{self, ComputeOptions, ProjectOptions};
+use unionsync_core::{RelPath, Timing};
 
-/// Both sides' observations of a file both agreed on at the last sync; the
-/// two clocks differ, as they do between machines.
-fn agreed(size: u64) -> BaseEntry {
-    BaseEntry {
-        compute: Meta::file(0o644, size, 5_000).with_ctime(5_000),
-        project: Meta::file(0o644, size, 9_000).with_ctime(9_000),
-    }
+/// Quick syncs, so what you do shows on the other side within seconds.
+const DEMO_TIMING: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3));
+
+pub struct DemoOptions {
+    /// Where both sides live; a new temporary directory when `None`
+    /// (removed at the end).
+    pub dir: Option<PathBuf>,
+    /// Stop after this long instead of waiting for Ctrl-C.
+    pub duration: Option<Duration>,
+    /// Sync a plain directory instead of mounting (no FUSE needed).
+    pub no_mount: bool,
 }
 
-/// The same entry with the content hash both sides computed.
-fn hashed(entry: BaseEntry) -> BaseEntry {
-    let hash = ContentHash([3; 32]);
-    BaseEntry {
-        compute: entry.compute.with_hash(hash),
-        project: entry.project.with_hash(hash),
-    }
-}
-
-fn path(bytes: &[u8]) -> anyhow::Result<RelPath> {
-    RelPath::new(bytes).with_context(|| format!("demo path {:?}", bytes.escape_ascii().to_string()))
-}
-
-/// The scripted edits, one entry per path (ancestors included, as the
-/// reconcile requires).
-fn scripted_inputs() -> anyhow::Result<Inputs> {
-    let dir = Meta::dir(0o755, 1);
-    let dir_entry = BaseEntry {
-        compute: dir.clone(),
-        project: dir.clone(),
+pub fn run(options: DemoOptions) -> anyhow::Result<()> {
+    let temp;
+    let dir = match &options.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.canonicalize()
+                .with_context(|| format!("resolving {}", dir.display()))?
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("unionsync-demo-")
+                .tempdir()
+                .context("creating a temporary directory")?;
+            temp.path().to_path_buf()
+        }
     };
-    let entries = vec![
-        // Edited on the compute server only: pushed.
-        (
-            &b"train.py"[..],
-            PathInput {
-                base: Some(agreed(100)),
-                compute: Some(Reported::Present(
-                    Meta::file(0o644, 120, 6_000).with_ctime(6_000),
-                )),
-                project: Some(agreed(100).project),
-                ..PathInput::default()
+    let home = dir.join("project");
+    let fresh = !home.exists();
+    if fresh {
+        sample_home(&home)?;
+    }
+    let token = demo_token(&dir.join("token"))?;
+    let port = free_port()?;
+    let mount = !options.no_mount && fuse_usable();
+    let work = if mount {
+        dir.join("mnt")
+    } else {
+        dir.join("compute/upper")
+    };
+    let project = ProjectOptions {
+        home: home.clone(),
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        token: token.clone(),
+        allow_insecure: false,
+        step_timeout: crate::STEP_TIMEOUT,
+        tls: None,
+    };
+    let upper = dir.join("compute/upper");
+    let mut dirs = ComputeDirs::new(&upper, &dir.join("compute/whiteouts"));
+    dirs.lower = Some(home.clone());
+    dirs.local_only = ["scratch", ".cache", ".local"]
+        .into_iter()
+        .map(|p| RelPath::new(p).expect("valid constant"))
+        .collect();
+    let compute = ComputeOptions {
+        dirs,
+        project: format!("ws://127.0.0.1:{port}/"),
+        token,
+        compute_id: 1,
+        allow_insecure: false,
+        timing: Timing {
+            min: DEMO_TIMING.0,
+            max: DEMO_TIMING.1,
+            ..Timing::default()
+        },
+        step_timeout: crate::STEP_TIMEOUT,
+        ca_cert: None,
+    };
+    print_guide(
+        &mut std::io::stdout().lock(),
+        &dir,
+        &home,
+        &work,
+        mount,
+        options.duration,
+    )?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let (status, _) = tokio::sync::watch::channel(Default::default());
+    let result = crate::run_local(async move {
+        let project = daemon::run_project_server(project, until_stopped(stopped.clone()));
+        let compute = async {
+            if mount {
+                let run = daemon::run_compute_mount(
+                    compute,
+                    work,
+                    until_stopped(stopped.clone()),
+                    status,
+                );
+                run.await
+            } else {
+                daemon::run_compute(compute, until_stopped(stopped.clone()), status).await
+            }
+        };
+        let stopper = async {
+            let limit = async {
+                match options.duration {
+                    Some(duration) => tokio::time::sleep(duration).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = limit => {}
+                () = crate::shutdown_signal() => {}
+            }
+            let _ = stop.send(true);
+        };
+        // Either side failing ends the demo (the other is stopped too).
+        let (project, compute, ()) = tokio::join!(
+            async {
+                let r = project.await;
+                let _ = stop.send(true);
+                r
             },
+            async {
+                let r = compute.await;
+                let _ = stop.send(true);
+                r
+            },
+            stopper
+        );
+        project.context("the project server")?;
+        compute.context("the compute server")
+    })?;
+    println!("demo stopped{}", if mount { "; unmounted" } else { "" });
+    if options.dir.is_some() {
+        println!("everything is still in {}", dir.display());
+    }
+    result
+}
+
+/// A small home to look at: a note, some code, a symlink.
+fn sample_home(home: &Path) -> anyhow::Result<()> {
+    let files: [(&str, &str); 3] = [
+        (
+            "README.txt",
+            "This is the project home: the truth. Edit here or in the mount;\n\
+             both sides converge within seconds, and the project wins conflicts.\n",
         ),
-        // Edited on both sides differently: the project wins, the compute
-        // version goes to the conflicts area.
+        ("notes.txt", "edit me on either side\n"),
         (
-            b"notes.md",
-            PathInput {
-                base: Some(agreed(10)),
-                compute: Some(Reported::Present(
-                    Meta::file(0o644, 11, 6_100).with_ctime(6_100),
-                )),
-                project: Some(Meta::file(0o644, 12, 9_500).with_ctime(9_500)),
-                ..PathInput::default()
-            },
-        ),
-        // Edited identically on both sides: nothing to do.
-        (
-            b"same.txt",
-            PathInput {
-                base: Some(agreed(3)),
-                compute: Some(Reported::Present(
-                    Meta::file(0o644, 4, 6_200).with_hash(ContentHash([7; 32])),
-                )),
-                project: Some(Meta::file(0o644, 4, 9_600).with_hash(ContentHash([7; 32]))),
-                ..PathInput::default()
-            },
-        ),
-        // chmod +x on the compute server: a mode change, no data shipped
-        // (the unchanged hash shows the content is the same).
-        (
-            b"run.sh",
-            PathInput {
-                base: Some(hashed(agreed(30))),
-                compute: Some(Reported::Present(
-                    Meta::file(0o755, 30, 5_000)
-                        .with_ctime(6_300)
-                        .with_hash(ContentHash([3; 32])),
-                )),
-                project: Some(hashed(agreed(30)).project),
-                ..PathInput::default()
-            },
-        ),
-        // The compute server removed `data/` while the project added a file
-        // to it: the new file and its directory survive, the rest goes.
-        (
-            b"data",
-            PathInput {
-                base: Some(dir_entry.clone()),
-                compute: Some(Reported::Deleted),
-                project: Some(dir.clone()),
-                ..PathInput::default()
-            },
-        ),
-        (
-            b"data/old.csv",
-            PathInput {
-                base: Some(agreed(50)),
-                compute: Some(Reported::Deleted),
-                project: Some(agreed(50).project),
-                ..PathInput::default()
-            },
-        ),
-        (
-            b"data/new.csv",
-            PathInput {
-                project: Some(Meta::file(0o644, 70, 9_700).with_ctime(9_700)),
-                ..PathInput::default()
-            },
-        ),
-        // A filename that breaks naive tools, created on the compute server.
-        (
-            b"--force\nme",
-            PathInput {
-                compute: Some(Reported::Present(Meta::file(0o600, 1, 6_400))),
-                ..PathInput::default()
-            },
+            "src/main.c",
+            "#include <stdio.h>\nint main(void) { puts(\"hello\"); return 0; }\n",
         ),
     ];
-    entries
-        .into_iter()
-        .map(|(p, input)| Ok((path(p)?, input)))
-        .collect()
-}
-
-pub fn run(out: &mut impl Write) -> anyhow::Result<()> {
-    let inputs = scripted_inputs()?;
-    let plan = reconcile(&inputs).context("the scripted demo input is inconsistent")?;
-    writeln!(
-        out,
-        "unionsync demo: one sync of a scripted day of edits on both sides\n"
-    )?;
-    write!(out, "{plan}")?;
-    let conflicts: Vec<String> = plan.conflicts().map(|p| p.to_string()).collect();
-    writeln!(
-        out,
-        "\n{} path(s) decided, {} project step(s), {} compute step(s), conflicts kept: {}",
-        plan.resolutions.len(),
-        plan.project_ops.len(),
-        plan.compute_ops.len(),
-        if conflicts.is_empty() {
-            "none".to_string()
-        } else {
-            conflicts.join(", ")
+    for (path, content) in files {
+        let path = home.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
-    )?;
+        std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+    }
+    std::os::unix::fs::symlink("src/main.c", home.join("main.c"))
+        .context("creating a sample symlink")?;
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use unionsync_core::{Decision, ProjectOp};
-
-    use super::*;
-
-    #[test]
-    fn demo_plan_keeps_the_new_project_file_and_its_directory() {
-        let plan = reconcile(&scripted_inputs().unwrap()).unwrap();
-        let decision = |p: &[u8]| plan.resolutions[&RelPath::new(p).unwrap()].decision;
-        assert_eq!(decision(b"data"), Decision::KeepParent);
-        assert_eq!(decision(b"data/new.csv"), Decision::Pull);
-        assert_eq!(decision(b"notes.md"), Decision::Conflict);
-        assert!(plan
-            .project_ops
-            .iter()
-            .any(|op| matches!(op, ProjectOp::SetMode { mode: 0o755, .. })));
+/// The demo's token: kept in `path` (0600) so a second run reuses it.
+fn demo_token(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if !path.exists() {
+        let mut bytes = [0u8; 24];
+        let mut random = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+        std::io::Read::read_exact(&mut random, &mut bytes).context("reading /dev/urandom")?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        writeln!(file, "{hex}").with_context(|| format!("writing {}", path.display()))?;
     }
+    daemon::read_token(path).with_context(|| format!("reading {}", path.display()))
+}
 
-    #[test]
-    fn demo_prints_every_decided_path() {
-        let mut out = Vec::new();
-        run(&mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("notes.md: conflict"), "{text}");
-        assert!(text.contains("--force\\nme: push"), "{text}");
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
+    Ok(listener.local_addr().context("finding a free port")?.port())
+}
+
+/// Can this process mount FUSE filesystems?
+fn fuse_usable() -> bool {
+    let device = Path::new("/dev/fuse").exists();
+    let helper = ["/usr/bin/fusermount3", "/bin/fusermount3"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    if !device || !helper {
+        eprintln!(
+            "note: FUSE is not usable here ({}); syncing a plain directory instead of mounting. \
+             Install it with: apt-get install fuse3",
+            if device {
+                "no fusermount3"
+            } else {
+                "no /dev/fuse"
+            }
+        );
     }
+    device && helper
+}
+
+fn print_guide(
+    out: &mut impl Write,
+    dir: &Path,
+    home: &Path,
+    work: &Path,
+    mount: bool,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    let (w, h) = (work.display(), home.display());
+    writeln!(out, "unionsync demo in {}", dir.display())?;
+    writeln!(out, "  project home (the truth):  {h}")?;
+    if mount {
+        writeln!(
+            out,
+            "  compute mount (work here): {w}   (local upper over the home)"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "  compute directory:         {w}   (no mount: FUSE unavailable)"
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(out, "Try, in another terminal:")?;
+    let tries = [
+        (
+            format!("echo hello > {w}/hello.txt"),
+            "in the project within seconds".to_string(),
+        ),
+        (
+            format!("echo edited > {h}/notes.txt"),
+            format!("shows in {w}"),
+        ),
+        (
+            format!("rm {w}/README.txt"),
+            "deleted in the project too".to_string(),
+        ),
+        (
+            format!("mkdir {w}/scratch; echo x > {w}/scratch/x"),
+            "local only: never synced".to_string(),
+        ),
+    ];
+    let width = tries.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+    for (command, effect) in &tries {
+        writeln!(out, "  {command:width$}   # {effect}")?;
+    }
+    writeln!(
+        out,
+        "  edit one file on both sides at once: the project's version wins, the other is kept"
+    )?;
+    writeln!(out, "    in {h}/.unionsync/conflicts/")?;
+    match duration {
+        Some(d) => writeln!(
+            out,
+            "Stopping by itself after {} s (or on Ctrl-C).",
+            d.as_secs_f64()
+        )?,
+        None => writeln!(
+            out,
+            "Ctrl-C stops both sides{}.",
+            if mount { " and unmounts" } else { "" }
+        )?,
+    }
+    out.flush()?;
+    Ok(())
 }

@@ -4,10 +4,12 @@
 //! unionsync project serve --home DIR [--listen ADDR] [--token-file F]
 //! unionsync compute run --upper DIR --whiteouts DIR --project URL [--token-file F] [--id N]
 //! unionsync compute mount --mount DIR --lower DIR --upper DIR --project URL [--token-file F] [--id N]
-//! unionsync demo
+//! unionsync demo [DIR] [--duration SECS] [--no-mount] | --plan
 //! ```
 
+mod config;
 mod demo;
+mod demo_plan;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,21 +28,77 @@ use unionsync_core::{RelPath, Timing};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Read options from this TOML file; its keys are the command's long
+    /// options, e.g. `home = "/srv/project"`, `local_only = ["scratch",
+    /// ".cache"]`, `allow_insecure = true`. Options after --config override
+    /// the file's.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Parses the command line, `--config` files expanded, each option
+/// overriding earlier occurrences of itself (so later flags beat the file).
+fn parse_cli() -> anyhow::Result<Cli> {
+    use clap::{CommandFactory, FromArgMatches};
+    fn override_self(command: clap::Command) -> clap::Command {
+        let names: Vec<String> = command
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        names
+            .iter()
+            .fold(command.args_override_self(true), |c, name| {
+                c.mut_subcommand(name, override_self)
+            })
+    }
+    let given: Vec<_> = std::env::args_os().collect();
+    let from_file = given
+        .iter()
+        .any(|a| a.to_string_lossy().starts_with("--config"));
+    let args = config::expand(given)?;
+    let matches = match override_self(Cli::command()).try_get_matches_from(args) {
+        Ok(matches) => matches,
+        Err(error) if from_file && error.kind() == clap::error::ErrorKind::UnknownArgument => {
+            eprintln!("note: --config file keys are the command's long options");
+            error.exit()
+        }
+        Err(error) => error.exit(),
+    };
+    Cli::from_arg_matches(&matches).map_err(|e| e.exit())
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show what one sync decides for a scripted set of edits on both sides
-    /// (conflicts, deletes against edits, type changes, odd filenames).
+    /// Run both sides on this machine: a project server on a sample home
+    /// and a compute server with the union mounted over it, syncing every
+    /// few seconds. Prints what to try; Ctrl-C stops both and unmounts.
     ///
-    /// Example: unionsync demo
-    Demo,
+    /// Example: unionsync demo /tmp/try-unionsync
+    Demo(DemoArgs),
     /// The project side: serve the home directory to compute servers.
     #[command(subcommand)]
     Project(ProjectCommand),
     /// The compute side: sync a local upper layer with the project.
     #[command(subcommand)]
     Compute(ComputeCommand),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where to put the project home, the compute side and the mount (kept
+    /// afterwards). Default: a temporary directory, removed at the end.
+    dir: Option<PathBuf>,
+    /// Stop after this many seconds instead of waiting for Ctrl-C.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Sync a plain directory instead of mounting (no FUSE needed).
+    #[arg(long)]
+    no_mount: bool,
+    /// Instead: print what one sync decides for a scripted set of edits on
+    /// both sides (conflicts, deletes against edits, type changes, odd
+    /// filenames), without running anything.
+    #[arg(long, conflicts_with_all = ["dir", "duration", "no_mount"])]
+    plan: bool,
 }
 
 #[derive(Subcommand)]
@@ -239,8 +297,13 @@ fn run_local<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
 }
 
 fn init_logging() {
+    init_logging_default("info")
+}
+
+/// Logs to stderr at `default` level unless `RUST_LOG` says otherwise.
+fn init_logging_default(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -249,8 +312,19 @@ fn init_logging() {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Demo => demo::run(&mut std::io::stdout().lock()),
+    match parse_cli()?.command {
+        Command::Demo(args) if args.plan => demo_plan::run(&mut std::io::stdout().lock()),
+        Command::Demo(args) => {
+            init_logging_default("warn");
+            demo::run(demo::DemoOptions {
+                dir: args.dir,
+                duration: args
+                    .duration
+                    .map(|d| seconds(d, "--duration"))
+                    .transpose()?,
+                no_mount: args.no_mount,
+            })
+        }
         Command::Project(ProjectCommand::Serve(args)) => {
             init_logging();
             let options = ProjectOptions {

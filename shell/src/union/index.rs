@@ -126,8 +126,10 @@ pub fn stat_of(meta: &Meta, subdirs: usize, template: &Stat) -> Stat {
         Kind::Symlink { .. } => (libc_mode::LNK, 1),
     };
     stat.st_mode = kind_bits | (meta.mode & unionsync_core::PERM_MASK);
-    stat.st_size = meta.size as _;
-    stat.st_blocks = meta.size.div_ceil(512) as _;
+    // The sync does not carry a directory's size; one block, as on ext4.
+    let size = if meta.is_dir() { 4096 } else { meta.size };
+    stat.st_size = size as _;
+    stat.st_blocks = size.div_ceil(512) as _;
     stat.st_nlink = nlink as _;
     stat.st_rdev = 0;
     stat.st_ino = 0;
