@@ -24,7 +24,7 @@ use crate::meta::{ContentHash, Meta};
 use crate::path::RelPath;
 use crate::plan::ComputeOp;
 use crate::schedule::{Schedule, Timing};
-use crate::wire::{Change, ErrorCode, Message, PROTOCOL_VERSION};
+use crate::wire::{Change, ErrorCode, Message, RemoteEntry, RemoteOp, CHUNK_LEN, PROTOCOL_VERSION};
 
 #[derive(Clone, Debug)]
 pub struct ComputeConfig {
@@ -70,6 +70,9 @@ pub enum ComputeIo {
     /// Update the lower metadata index the union answers from (no answer
     /// expected; a failure is not a failed sync).
     UpdateIndex(IndexUpdate),
+    /// Perform the project's operation on the view →
+    /// [`ComputeSession::handle_remote_done`].
+    Remote { id: u64, op: RemoteOp },
 }
 
 /// A change to the lower metadata index, as the project pushed it.
@@ -92,6 +95,11 @@ pub enum ComputeEvent {
     },
     /// Too many failures in a row: no syncs until `clear_error`.
     Paused,
+    /// The outcome of [`ComputeSession::copy_in`] `id`.
+    CopiedIn {
+        id: u64,
+        result: Result<(), String>,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +193,9 @@ pub struct ComputeSession {
     close: Option<SessionError>,
     /// Parts of an index snapshot until its last part arrives.
     index_parts: Option<Vec<(RelPath, Meta)>>,
+    /// `copy_in`s sent and not answered yet.
+    copies_pending: BTreeSet<u64>,
+    next_copy: u64,
 }
 
 impl ComputeSession {
@@ -207,6 +218,8 @@ impl ComputeSession {
             events: VecDeque::new(),
             close: None,
             index_parts: None,
+            copies_pending: BTreeSet::new(),
+            next_copy: 0,
         }
     }
 
@@ -223,8 +236,57 @@ impl ComputeSession {
         });
     }
 
-    /// The connection is gone; a sync in flight failed.
+    /// The outcome of a [`ComputeIo::Remote`], for the project.
+    pub fn handle_remote_done(&mut self, id: u64, result: Result<Vec<RemoteEntry>, String>) {
+        if !matches!(self.phase, Phase::Disconnected | Phase::Handshake) {
+            self.transmit.push_back(Message::RemoteDone { id, result });
+        }
+    }
+
+    /// Sends one entry for `unionsync copy --to-project`: the project puts
+    /// it at `path` whatever the sync state (its own version, if different,
+    /// goes to its conflicts area). The outcome comes as
+    /// [`ComputeEvent::CopiedIn`] with the returned id; `None` when not
+    /// connected.
+    pub fn copy_in(&mut self, path: RelPath, meta: Meta, data: Vec<u8>) -> Option<u64> {
+        if matches!(self.phase, Phase::Disconnected | Phase::Handshake) {
+            return None;
+        }
+        self.next_copy += 1;
+        let id = self.next_copy;
+        self.copies_pending.insert(id);
+        if data.is_empty() {
+            let last = true;
+            let message = Message::CopyIn {
+                id,
+                path,
+                meta,
+                data,
+                last,
+            };
+            self.transmit.push_back(message);
+            return Some(id);
+        }
+        let mut chunks = data.chunks(CHUNK_LEN).peekable();
+        while let Some(chunk) = chunks.next() {
+            self.transmit.push_back(Message::CopyIn {
+                id,
+                path: path.clone(),
+                meta: meta.clone(),
+                data: chunk.to_vec(),
+                last: chunks.peek().is_none(),
+            });
+        }
+        Some(id)
+    }
+
     pub fn handle_disconnected(&mut self, now: Instant, reason: &str) {
+        for id in std::mem::take(&mut self.copies_pending) {
+            self.events.push_back(ComputeEvent::CopiedIn {
+                id,
+                result: Err(format!("connection lost: {reason}")),
+            });
+        }
         if self.flight.is_some() {
             self.fail(now, format!("connection lost: {reason}"), false);
         }
@@ -335,6 +397,14 @@ impl ComputeSession {
             Message::IndexDelta { changes } if self.phase != Phase::Handshake => {
                 self.io
                     .push_back(ComputeIo::UpdateIndex(IndexUpdate::Delta(changes)));
+                return Ok(());
+            }
+            Message::Remote { id, op } if self.phase != Phase::Handshake => {
+                self.io.push_back(ComputeIo::Remote { id, op });
+                return Ok(());
+            }
+            Message::CopyInDone { id, result } if self.copies_pending.remove(&id) => {
+                self.events.push_back(ComputeEvent::CopiedIn { id, result });
                 return Ok(());
             }
             _ => {}
@@ -575,7 +645,9 @@ impl ComputeSession {
     /// connection (the agent reconnects; syncing resumes by itself).
     fn fail(&mut self, now: Instant, error: String, counts: bool) {
         self.flight = None;
-        self.io.clear();
+        // Only the sync's own work goes; the project's requests stay.
+        self.io
+            .retain(|io| matches!(io, ComputeIo::UpdateIndex(_) | ComputeIo::Remote { .. }));
         if counts {
             self.schedule.failed(now);
         }
@@ -627,6 +699,10 @@ pub(crate) fn message_name(message: &Message) -> &'static str {
         Message::CommitAck { .. } => "CommitAck",
         Message::IndexSnapshot { .. } => "IndexSnapshot",
         Message::IndexDelta { .. } => "IndexDelta",
+        Message::Remote { .. } => "Remote",
+        Message::RemoteDone { .. } => "RemoteDone",
+        Message::CopyIn { .. } => "CopyIn",
+        Message::CopyInDone { .. } => "CopyInDone",
         Message::Error { .. } => "Error",
     }
 }

@@ -61,4 +61,7 @@ pub use reconcile::{
     PathInput, Reported, Resolution, Side,
 };
 pub use schedule::{Schedule, Timing};
-pub use wire::{index_chunks, meta_extra, Change, ErrorCode, Message, WireError, PROTOCOL_VERSION};
+pub use wire::{
+    index_chunks, meta_extra, Change, ErrorCode, Message, RemoteEntry, RemoteOp, WireError,
+    PROTOCOL_VERSION,
+};

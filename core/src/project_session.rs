@@ -35,7 +35,9 @@ use crate::plan::{reconcile, ComputeOp, Plan, ProjectOp};
 use crate::reconcile::{
     needs_hashes, needs_project_subtree, BaseEntry, ComputeView, Inputs, PathInput, Reported,
 };
-use crate::wire::{index_chunks, meta_extra, Change, ErrorCode, Message, PROTOCOL_VERSION};
+use crate::wire::{
+    index_chunks, meta_extra, Change, ErrorCode, Message, RemoteEntry, RemoteOp, PROTOCOL_VERSION,
+};
 
 #[derive(Clone, Debug)]
 pub struct ProjectConfig {
@@ -88,6 +90,18 @@ pub enum ProjectIo {
     /// Every entry beneath the home except the reserved directory →
     /// [`ProjectSession::handle_index_snapshot`].
     IndexSnapshot,
+    /// A piece of a `copy --to-project` entry: stage it; with `last`, put
+    /// the entry at `path`, keeping a different project version in the
+    /// conflicts area → [`ProjectSession::handle_copied_in`] (also, early,
+    /// on a failure).
+    CopyIn {
+        compute_id: u64,
+        id: u64,
+        path: RelPath,
+        meta: Meta,
+        data: Vec<u8>,
+        last: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +117,12 @@ pub enum ProjectEvent {
         pushed: u64,
         pulled: u64,
         conflicts: Vec<RelPath>,
+    },
+    /// The answer to [`ProjectSession::request_remote`] `id`.
+    RemoteDone {
+        compute_id: u64,
+        id: u64,
+        result: Result<Vec<RemoteEntry>, String>,
     },
 }
 
@@ -129,6 +149,8 @@ pub enum ProjectError {
     },
     #[error("no progress for {0:?}")]
     Timeout(Duration),
+    #[error("compute server answered remote request {0}, which was never asked")]
+    UnknownRemote(u64),
     #[error("storage: {0}")]
     Storage(String),
 }
@@ -213,6 +235,11 @@ pub struct ProjectSession {
     transmit: VecDeque<Message>,
     events: VecDeque<ProjectEvent>,
     close: Option<ProjectError>,
+    /// Remote operations asked and not answered yet.
+    remote_pending: BTreeSet<u64>,
+    next_remote: u64,
+    /// `CopyIn` entries that failed (their later pieces are dropped).
+    copies_failed: BTreeSet<u64>,
 }
 
 impl ProjectSession {
@@ -230,6 +257,9 @@ impl ProjectSession {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             close: None,
+            remote_pending: BTreeSet::new(),
+            next_remote: 0,
+            copies_failed: BTreeSet::new(),
         }
     }
 
@@ -279,6 +309,52 @@ impl ProjectSession {
     }
 
     pub fn handle_message(&mut self, now: Instant, message: Message) -> Result<(), ProjectError> {
+        // Answers to remote operations come whenever the compute server is
+        // done with them: no sync step.
+        if let Message::CopyIn {
+            id,
+            path,
+            meta,
+            data,
+            last,
+        } = message
+        {
+            if !self.welcomed() {
+                let error = ProjectError::Unexpected {
+                    got: "CopyIn",
+                    state: self.state.name(),
+                };
+                self.abort(error.clone());
+                return Err(error);
+            }
+            // The rest of an entry that already failed is dropped.
+            if !self.copies_failed.contains(&id) {
+                let compute_id = self.compute_id;
+                self.io.push_back(ProjectIo::CopyIn {
+                    compute_id,
+                    id,
+                    path,
+                    meta,
+                    data,
+                    last,
+                });
+            }
+            return Ok(());
+        }
+        if let Message::RemoteDone { id, result } = message {
+            if self.welcomed() && self.remote_pending.remove(&id) {
+                let compute_id = self.compute_id;
+                self.events.push_back(ProjectEvent::RemoteDone {
+                    compute_id,
+                    id,
+                    result,
+                });
+                return Ok(());
+            }
+            let error = ProjectError::UnknownRemote(id);
+            self.abort(error.clone());
+            return Err(error);
+        }
         self.last_progress = now;
         let result = self.dispatch(message);
         if let Err(error) = &result {
@@ -516,6 +592,35 @@ impl ProjectSession {
         for changes in index_chunks(changes, extra) {
             self.transmit.push_back(Message::IndexDelta { changes });
         }
+    }
+
+    /// The outcome of a [`ProjectIo::CopyIn`] (`Ok` only for the last
+    /// piece).
+    pub fn handle_copied_in(&mut self, id: u64, result: Result<(), String>) {
+        if result.is_err() {
+            if !self.copies_failed.insert(id) {
+                return;
+            }
+            self.io
+                .retain(|io| !matches!(io, ProjectIo::CopyIn { id: other, .. } if *other == id));
+        }
+        if self.welcomed() {
+            self.transmit.push_back(Message::CopyInDone { id, result });
+        }
+    }
+
+    /// Asks the compute server to act on its view; the answer comes as
+    /// [`ProjectEvent::RemoteDone`] with the returned id. `None` before the
+    /// peer was welcomed.
+    pub fn request_remote(&mut self, op: RemoteOp) -> Option<u64> {
+        if !self.welcomed() {
+            return None;
+        }
+        self.next_remote += 1;
+        let id = self.next_remote;
+        self.remote_pending.insert(id);
+        self.transmit.push_back(Message::Remote { id, op });
+        Some(id)
     }
 
     /// The watcher lost events: send the whole index again.

@@ -22,6 +22,10 @@
 //!     CommitAck{epoch} ─────────────────►
 //! ```
 //!
+//! The project may also ask a welcomed compute server to act on its view
+//! (`unionsync remote …`): [`Message::Remote`] in, [`Message::RemoteDone`]
+//! back, at any time, between or during syncs.
+//!
 //! The project also pushes the lower metadata index at any time after
 //! Welcome, syncs or not: [`Message::IndexSnapshot`] parts (the whole home,
 //! cut by [`index_chunks`]) right after Welcome and again whenever its
@@ -35,7 +39,7 @@ use crate::plan::ComputeOp;
 use crate::reconcile::Reported;
 
 /// Bumped on any incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest frame accepted (file data comes in chunks far below this).
 pub const MAX_MESSAGE_LEN: usize = 16 << 20;
 /// Size of the file data chunks senders cut files into.
@@ -48,6 +52,26 @@ pub struct Change {
     pub path: RelPath,
     pub state: Reported,
     pub seen: Option<Meta>,
+}
+
+/// An operation the project asks of a compute server's view (through its
+/// union, so it is journaled and synced like a user's own change).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteOp {
+    /// The entries of a directory (`None`: the root), or the entry itself
+    /// when `path` is not a directory.
+    List { path: Option<RelPath> },
+    /// Remove a file, symlink or (with `recursive`) a whole tree.
+    Remove { path: RelPath, recursive: bool },
+    /// Rename within the view (fails if `to` exists).
+    Rename { from: RelPath, to: RelPath },
+}
+
+/// One entry of a [`RemoteOp::List`] answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteEntry {
+    pub name: Vec<u8>,
+    pub meta: Meta,
 }
 
 /// Why a peer gave up on the connection.
@@ -157,6 +181,36 @@ pub enum Message {
     /// project → compute: index changes (`None`: gone).
     IndexDelta {
         changes: Vec<(RelPath, Option<Meta>)>,
+    },
+    /// project → compute: act on the compute server's view; answered by
+    /// `RemoteDone` with the same `id`.
+    Remote {
+        id: u64,
+        op: RemoteOp,
+    },
+    /// compute → project: what a `Remote` did (entries for `List`), or why
+    /// it could not.
+    RemoteDone {
+        id: u64,
+        result: Result<Vec<RemoteEntry>, String>,
+    },
+    /// compute → project (`unionsync copy --to-project`): put this entry at
+    /// `path` now, whatever the sync state. A file comes in chunks of at
+    /// most [`CHUNK_LEN`], `last` on the final one; a symlink or directory
+    /// in one message with no data.
+    CopyIn {
+        id: u64,
+        path: RelPath,
+        meta: Meta,
+        data: Vec<u8>,
+        last: bool,
+    },
+    /// project → compute: the entry of `CopyIn` `id` is in place (the
+    /// project's own different version, if any, kept in its conflicts
+    /// area), or why not.
+    CopyInDone {
+        id: u64,
+        result: Result<(), String>,
     },
     /// Either way: the sender gives up on this connection.
     Error {

@@ -10,7 +10,8 @@ use unionsync_core::model::{
 };
 use unionsync_core::{
     BaseEntry, ComputeConfig, ComputeEvent, ComputeIo, ComputeSession, ErrorCode, IndexUpdate,
-    Message, Meta, ProjectConfig, ProjectIo, ProjectSession, RelPath, Timing,
+    Message, Meta, ProjectConfig, ProjectEvent, ProjectIo, ProjectSession, RelPath, RemoteEntry,
+    RemoteOp, Timing,
 };
 
 const CHUNK: usize = 3;
@@ -29,6 +30,9 @@ struct Pair {
     events: Vec<ComputeEvent>,
     /// The index updates the compute side was asked to make.
     index_updates: Vec<IndexUpdate>,
+    project_events: Vec<ProjectEvent>,
+    /// What `copy_in` delivered to the project, by path.
+    copied_in: BTreeMap<RelPath, Vec<u8>>,
 }
 
 fn p(s: &str) -> RelPath {
@@ -69,6 +73,8 @@ impl Pair {
             project_staged: Staged::new(),
             events: Vec::new(),
             index_updates: Vec::new(),
+            project_events: Vec::new(),
+            copied_in: BTreeMap::new(),
         }
     }
 
@@ -104,6 +110,9 @@ impl Pair {
             }
             while let Some(e) = self.compute.poll_event() {
                 self.events.push(e);
+            }
+            while let Some(e) = self.project.poll_event() {
+                self.project_events.push(e);
             }
             if !busy {
                 return from_project;
@@ -169,6 +178,16 @@ impl Pair {
                 self.compute.handle_committed(now);
             }
             ComputeIo::UpdateIndex(update) => self.index_updates.push(update),
+            ComputeIo::Remote { id, op } => {
+                let answer = match op {
+                    RemoteOp::List { .. } => Ok(vec![RemoteEntry {
+                        name: b"listed".to_vec(),
+                        meta: Meta::file(0o644, 1, 1),
+                    }]),
+                    _ => Err("refused by the test".to_string()),
+                };
+                self.compute.handle_remote_done(id, answer);
+            }
         }
     }
 
@@ -253,6 +272,21 @@ impl Pair {
                 }
                 self.base.0 = epoch;
                 self.project.handle_base_committed(now);
+            }
+            ProjectIo::CopyIn {
+                id,
+                path,
+                data,
+                last,
+                ..
+            } => {
+                self.copied_in.entry(path.clone()).or_default().extend(data);
+                if path.as_bytes() == b"refused" {
+                    self.project
+                        .handle_copied_in(id, Err("refused by the test".into()));
+                } else if last {
+                    self.project.handle_copied_in(id, Ok(()));
+                }
             }
             ProjectIo::IndexSnapshot => {
                 let entries = self
@@ -499,4 +533,133 @@ fn index_news_before_welcome_is_a_protocol_error() {
     compute.handle_connected(now);
     let early = Message::IndexDelta { changes: vec![] };
     assert!(compute.handle_message(now, early).is_err());
+}
+
+#[test]
+fn a_remote_request_is_answered_with_its_id() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    pair.pump();
+    let list = pair
+        .project
+        .request_remote(RemoteOp::List { path: None })
+        .unwrap();
+    let remove = pair
+        .project
+        .request_remote(RemoteOp::Remove {
+            path: p("x"),
+            recursive: false,
+        })
+        .unwrap();
+    pair.pump();
+    let answers: Vec<_> = pair
+        .project_events
+        .iter()
+        .filter_map(|e| match e {
+            ProjectEvent::RemoteDone { id, result, .. } => Some((*id, result.is_ok())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        [(list, true), (remove, false)],
+        "{:?}",
+        pair.project_events
+    );
+}
+
+#[test]
+fn no_remote_request_before_the_peer_is_welcomed() {
+    let mut pair = Pair::new(b"secret");
+    assert_eq!(
+        pair.project.request_remote(RemoteOp::List { path: None }),
+        None
+    );
+}
+
+#[test]
+fn an_answer_to_a_request_never_made_closes_the_connection() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    pair.pump();
+    let forged = Message::RemoteDone {
+        id: 42,
+        result: Ok(vec![]),
+    };
+    assert!(pair.project.handle_message(pair.now, forged).is_err());
+}
+
+fn copied_outcomes(events: &[ComputeEvent]) -> Vec<(u64, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ComputeEvent::CopiedIn { id, result } => Some((*id, result.is_ok())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_copy_in_arrives_whole_in_pieces_and_its_outcome_comes_back() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    pair.pump();
+    let data: Vec<u8> = (0..600_000u32).map(|i| i as u8).collect();
+    let id = pair
+        .compute
+        .copy_in(
+            p("big"),
+            Meta::file(0o644, data.len() as u64, 1),
+            data.clone(),
+        )
+        .unwrap();
+    let sent = pair.pump();
+    assert!(sent.iter().any(|m| matches!(m, Message::CopyInDone { .. })));
+    assert_eq!(pair.copied_in[&p("big")], data);
+    assert_eq!(copied_outcomes(&pair.events), [(id, true)]);
+}
+
+#[test]
+fn a_failed_copy_in_is_answered_once_and_its_other_pieces_are_dropped() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    pair.pump();
+    let data = vec![7u8; 600_000];
+    let id = pair
+        .compute
+        .copy_in(p("refused"), Meta::file(0o644, 600_000, 1), data)
+        .unwrap();
+    let sent = pair.pump();
+    let answers = sent
+        .iter()
+        .filter(|m| matches!(m, Message::CopyInDone { .. }))
+        .count();
+    assert_eq!(answers, 1);
+    assert_eq!(
+        pair.copied_in[&p("refused")].len(),
+        256 << 10,
+        "only the first piece"
+    );
+    assert_eq!(copied_outcomes(&pair.events), [(id, false)]);
+}
+
+#[test]
+fn copies_pending_when_the_connection_drops_fail() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    pair.pump();
+    let id = pair
+        .compute
+        .copy_in(p("f"), Meta::file(0o644, 1, 1), b"x".to_vec())
+        .unwrap();
+    pair.compute.handle_disconnected(pair.now, "test");
+    while let Some(e) = pair.compute.poll_event() {
+        pair.events.push(e);
+    }
+    assert_eq!(copied_outcomes(&pair.events), [(id, false)]);
+    assert_eq!(
+        pair.compute
+            .copy_in(p("g"), Meta::file(0o644, 1, 1), b"y".to_vec()),
+        None
+    );
 }

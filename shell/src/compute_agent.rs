@@ -12,13 +12,15 @@
 //! Generic over the byte stream ([`Connector`]) and the store, so the
 //! simulation runs this code over turmoil's network and in-memory trees.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use unionsync_core::{
-    ComputeConfig, ComputeEvent, ComputeIo, ComputeSession, ComputeStatus, Message, SessionError,
+    ComputeConfig, ComputeEvent, ComputeIo, ComputeSession, ComputeStatus, Message, Meta, RelPath,
+    SessionError,
 };
 
 use crate::store::{ComputeStore, StoreResult};
@@ -60,13 +62,27 @@ impl ComputeAgentConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum AgentCommand {
     SyncNow,
     ClearError,
     /// A local write happened: sync soon.
     Activity,
     Shutdown,
+    /// `unionsync copy --to-project`: put these entries (parents first) in
+    /// the project now; `reply` gets how many, or the first error.
+    CopyToProject {
+        entries: Vec<(RelPath, Meta, Vec<u8>)>,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
+}
+
+/// A `CopyToProject` waiting for the project's answers.
+struct CopyWaiter {
+    ids: BTreeSet<u64>,
+    entries: usize,
+    error: Option<String>,
+    reply: oneshot::Sender<Result<usize, String>>,
 }
 
 /// Runs until [`AgentCommand::Shutdown`]; fails only if the committed epoch
@@ -89,6 +105,7 @@ pub async fn run_compute_agent<C: Connector, St: ComputeStore>(
         commands_open: true,
         status,
         events,
+        copies: Vec::new(),
     };
     agent.publish();
     let mut delay = Duration::ZERO;
@@ -167,6 +184,7 @@ struct Agent<St> {
     commands_open: bool,
     status: watch::Sender<ComputeStatus>,
     events: Option<mpsc::UnboundedSender<ComputeEvent>>,
+    copies: Vec<CopyWaiter>,
 }
 
 impl<St: ComputeStore> Agent<St> {
@@ -249,8 +267,54 @@ impl<St: ComputeStore> Agent<St> {
             Some(AgentCommand::ClearError) => self.session.clear_error(now),
             Some(AgentCommand::Activity) => self.session.handle_activity(now),
             Some(AgentCommand::Shutdown) => return false,
+            Some(AgentCommand::CopyToProject { entries, reply }) => {
+                let count = entries.len();
+                let mut ids = BTreeSet::new();
+                for (path, meta, data) in entries {
+                    match self.session.copy_in(path, meta, data) {
+                        Some(id) => {
+                            ids.insert(id);
+                        }
+                        None => {
+                            let _ = reply.send(Err("not connected to the project".into()));
+                            return true;
+                        }
+                    }
+                }
+                self.copies.push(CopyWaiter {
+                    ids,
+                    entries: count,
+                    error: None,
+                    reply,
+                });
+                self.settle_copies();
+            }
         }
         true
+    }
+
+    /// Answers the copy requests the project has fully answered.
+    fn settle_copies(&mut self) {
+        let (done, waiting) = std::mem::take(&mut self.copies)
+            .into_iter()
+            .partition(|w| w.ids.is_empty());
+        self.copies = waiting;
+        for waiter in done {
+            let outcome = match waiter.error {
+                Some(error) => Err(error),
+                None => Ok(waiter.entries),
+            };
+            let _ = waiter.reply.send(outcome);
+        }
+    }
+
+    fn copied_in(&mut self, id: u64, result: &Result<(), String>) {
+        if let Some(waiter) = self.copies.iter_mut().find(|w| w.ids.contains(&id)) {
+            waiter.ids.remove(&id);
+            if let Err(error) = result {
+                waiter.error.get_or_insert_with(|| error.clone());
+            }
+        }
     }
 
     /// Sends what the session queued and performs its storage work until it
@@ -312,6 +376,11 @@ impl<St: ComputeStore> Agent<St> {
                 .commit(epoch, mark, &paths)
                 .await
                 .map(|()| session.handle_committed(now())),
+            ComputeIo::Remote { id, op } => {
+                let result = store.remote(op).await.map_err(|e| e.0);
+                session.handle_remote_done(id, result);
+                Ok(())
+            }
             ComputeIo::UpdateIndex(update) => {
                 // The union falls back to live lookups where the index is
                 // missing; a failed update is not a failed sync.
@@ -346,11 +415,17 @@ impl<St: ComputeStore> Agent<St> {
                 ComputeEvent::Paused => {
                     tracing::warn!("syncing paused after repeated failures (clear the error)")
                 }
+                ComputeEvent::CopiedIn { id, result } => {
+                    tracing::debug!(id, ok = result.is_ok(), "copy to the project answered");
+                    let (id, result) = (*id, result.clone());
+                    self.copied_in(id, &result);
+                }
             }
             if let Some(events) = &self.events {
                 let _ = events.send(event);
             }
         }
+        self.settle_copies();
         self.status.send_replace(self.session.status(now()));
     }
 }

@@ -19,12 +19,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use unionsync_core::{Change, ComputeOp, ContentHash, IndexUpdate, Meta, RelPath, Reported};
+use unionsync_core::{
+    Change, ComputeOp, ContentHash, IndexUpdate, Meta, RelPath, RemoteEntry, RemoteOp, Reported,
+};
 
 use crate::beneath::{is_absent, Root};
 use crate::persist;
 use crate::staging::{deferral, finish_dirs, still_matches, Deferred, Staging, StepResult};
-use crate::store::{Applied, ComputeStore, StoreResult};
+use crate::store::{Applied, ComputeStore, StoreError, StoreResult};
 use crate::union::journal::SharedJournal;
 use crate::union::layers::is_local_only;
 use crate::union::MountLink;
@@ -429,6 +431,15 @@ impl ComputeStore for DiskComputeStore {
         };
         mount.invalidate(&changed);
         Ok(applied)
+    }
+
+    async fn remote(&mut self, op: RemoteOp) -> StoreResult<Vec<RemoteEntry>> {
+        match &self.mount {
+            Some(mount) => crate::view_ops::perform(&mount.mountpoint, &op).map_err(StoreError),
+            None => Err(StoreError(
+                "this compute server runs without a mount: nothing to act on".into(),
+            )),
+        }
     }
 
     async fn update_index(&mut self, update: IndexUpdate) -> StoreResult<()> {

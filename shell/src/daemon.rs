@@ -6,6 +6,8 @@
 //! ```
 //!
 //! Both run on the caller's current-thread runtime inside a `LocalSet`.
+//! The `*_with_control` variants also answer a control socket
+//! ([`crate::control`]: `unionsync status`, `sync`, `clear-error`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,12 +22,13 @@ use unionsync_core::{ComputeConfig, ComputeStatus, ProjectConfig, RelPath, Timin
 use crate::beneath::Root;
 use crate::compute_agent::{run_compute_agent, AgentCommand, ComputeAgentConfig, TcpConnector};
 use crate::compute_disk::{ComputeDirs, DiskComputeStore};
+use crate::control::{self, ComputeInfo, ComputeLink, ControlError, ControlListener, Side};
 use crate::persist;
 use crate::project_disk::DiskProjectStore;
-use crate::project_server::serve;
+use crate::project_server::{serve_observed, Observer};
 use crate::project_watch::{ProjectWatch, WatchNews};
 use crate::tls::{self, TlsError, TlsListener, TlsTcpConnector};
-use crate::union::{self, journal::Journal, journal::SharedJournal};
+use crate::union::{self, journal::Journal, journal::SharedJournal, MountLink};
 
 /// How long a TLS client may take to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +50,8 @@ pub enum DaemonError {
     EmptyToken,
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -82,6 +87,16 @@ pub async fn run_project_server(
     options: ProjectOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    run_project_server_with_control(options, None, shutdown).await
+}
+
+/// [`run_project_server`], answering the control socket at `control`
+/// (bound first: another daemon answering there is an error).
+pub async fn run_project_server_with_control(
+    options: ProjectOptions,
+    control: Option<&Path>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
     let tls = match &options.tls {
         Some((cert, key)) => Some(tls::acceptor(cert, key)?),
         None if !options.listen.ip().is_loopback() && !options.allow_insecure => {
@@ -89,6 +104,9 @@ pub async fn run_project_server(
         }
         None => None,
     };
+    let control = control
+        .map(|path| ControlListener::bind(path, Side::Project))
+        .transpose()?;
     let store = DiskProjectStore::open(&options.home)
         .map_err(io(format!("project home {}", options.home.display())))?;
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -103,6 +121,13 @@ pub async fn run_project_server(
         lower_index: true,
     };
     let (news, _watch) = watch_home(&options.home)?;
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let info = control::ProjectInfo {
+        url: format!("{scheme}://{bound}/"),
+        home: options.home.clone(),
+    };
+    let control = control::run_project_control(control, events_rx, info);
+    let observer = Some(Observer::Connections(events));
     let served = async move {
         match tls {
             Some(tls) => {
@@ -111,13 +136,14 @@ pub async fn run_project_server(
                     tls,
                     handshake_timeout: HANDSHAKE_TIMEOUT,
                 };
-                serve(listener, store, config, None, Some(news)).await
+                serve_observed(listener, store, config, observer, Some(news)).await
             }
-            None => serve(listener, store, config, None, Some(news)).await,
+            None => serve_observed(listener, store, config, observer, Some(news)).await,
         }
     };
     tokio::select! {
         served = served => served.map_err(io("accepting connections")),
+        never = control => match never {},
         () = shutdown => {
             tracing::info!("project server stopping");
             Ok(())
@@ -214,18 +240,35 @@ pub async fn run_compute(
     shutdown: impl Future<Output = ()>,
     status: watch::Sender<ComputeStatus>,
 ) -> Result<(), DaemonError> {
-    let url = project_url(&options.project, options.allow_insecure).await?;
-    let store = DiskComputeStore::open(&options.dirs)
-        .map_err(io(format!("upper {}", options.dirs.upper.display())))?;
-    drive_agent(options, url, store, None, shutdown, status).await
+    run_compute_with_control(options, None, shutdown, status).await
 }
 
-/// Runs the agent over `store` until `shutdown`, then stops it cleanly.
+/// [`run_compute`], answering the control socket at `control` (bound
+/// first: another daemon answering there is an error).
+pub async fn run_compute_with_control(
+    options: ComputeOptions,
+    control: Option<&Path>,
+    shutdown: impl Future<Output = ()>,
+    status: watch::Sender<ComputeStatus>,
+) -> Result<(), DaemonError> {
+    let url = project_url(&options.project, options.allow_insecure).await?;
+    let control = control
+        .map(|path| ControlListener::bind(path, Side::Compute))
+        .transpose()?;
+    let store = DiskComputeStore::open(&options.dirs)
+        .map_err(io(format!("upper {}", options.dirs.upper.display())))?;
+    drive_agent(options, url, store, None, control, shutdown, status).await
+}
+
+/// Runs the agent over `store` until `shutdown`, then stops it cleanly;
+/// meanwhile follows its events (`<state>/last-error`) and answers the
+/// control socket, if any.
 async fn drive_agent(
     options: ComputeOptions,
     url: ProjectUrl,
     store: DiskComputeStore,
-    wake_on_changes: Option<SharedJournal>,
+    mount: Option<MountLink>,
+    control: Option<ControlListener>,
     shutdown: impl Future<Output = ()>,
     status: watch::Sender<ComputeStatus>,
 ) -> Result<(), DaemonError> {
@@ -247,17 +290,32 @@ async fn drive_agent(
         "compute agent starting"
     );
     let (commands, command_rx) = mpsc::unbounded_channel();
-    if let Some(journal) = &wake_on_changes {
-        journal.wake(commands.clone());
+    if let Some(mount) = &mount {
+        // Changes through the mount wake the agent.
+        mount.journal.wake(commands.clone());
     }
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let link = ComputeLink {
+        status: status.subscribe(),
+        events: events_rx,
+        commands: commands.clone(),
+        mount,
+    };
+    let info = ComputeInfo {
+        compute_id: options.compute_id,
+        project: options.project.clone(),
+        error_file: Some(options.dirs.state.join(control::LAST_ERROR_FILE)),
+    };
+    let control = control::run_compute_control(control, link, info);
+    let events = Some(events);
     let agent = async move {
         if url.tls {
             let tls = tls::connector(options.ca_cert.as_deref())?;
             let connector = TlsTcpConnector::new(url.address, &url.host, tls)?;
-            run_compute_agent(config, connector, store, command_rx, status, None).await
+            run_compute_agent(config, connector, store, command_rx, status, events).await
         } else {
             let connector = TcpConnector(url.address);
-            run_compute_agent(config, connector, store, command_rx, status, None).await
+            run_compute_agent(config, connector, store, command_rx, status, events).await
         }
         .map_err(|e| DaemonError::Io {
             what: "compute storage".into(),
@@ -268,6 +326,7 @@ async fn drive_agent(
     tokio::select! {
         result = &mut agent => return result,
         () = shutdown => {}
+        never = control => match never {},
     }
     tracing::info!("compute agent stopping");
     let _ = commands.send(AgentCommand::Shutdown);
@@ -324,7 +383,22 @@ pub async fn run_compute_mount(
     shutdown: impl Future<Output = ()>,
     status: watch::Sender<ComputeStatus>,
 ) -> Result<(), DaemonError> {
+    run_compute_mount_with_control(options, mountpoint, None, shutdown, status).await
+}
+
+/// [`run_compute_mount`], answering the control socket at `control`
+/// (bound before mounting: another daemon answering there is an error).
+pub async fn run_compute_mount_with_control(
+    options: ComputeOptions,
+    mountpoint: PathBuf,
+    control: Option<&Path>,
+    shutdown: impl Future<Output = ()>,
+    status: watch::Sender<ComputeStatus>,
+) -> Result<(), DaemonError> {
     let url = project_url(&options.project, options.allow_insecure).await?;
+    let control = control
+        .map(|path| ControlListener::bind(path, Side::Compute))
+        .transpose()?;
     let dirs = &options.dirs;
     let lower = dirs.lower.clone().ok_or_else(|| DaemonError::Io {
         what: "the mount".into(),
@@ -364,8 +438,17 @@ pub async fn run_compute_mount(
         .map(|store| store.with_mount(mounted.link(), clean));
     let result = match store {
         Ok(store) => {
-            let wake = Some(journal.clone());
-            drive_agent(options.clone(), url, store, wake, shutdown, status).await
+            let mount = Some(mounted.link());
+            drive_agent(
+                options.clone(),
+                url,
+                store,
+                mount,
+                control,
+                shutdown,
+                status,
+            )
+            .await
         }
         Err(e) => Err(e),
     };

@@ -105,19 +105,20 @@ pub fn run(options: DemoOptions) -> anyhow::Result<()> {
         let _ = stopped.wait_for(|s| *s).await;
     };
     let (status, _) = tokio::sync::watch::channel(Default::default());
+    let (project_socket, compute_socket) = (dir.join("project.sock"), dir.join("compute.sock"));
     let result = crate::run_local(async move {
-        let project = daemon::run_project_server(project, until_stopped(stopped.clone()));
+        let project = daemon::run_project_server_with_control(
+            project,
+            Some(&project_socket),
+            until_stopped(stopped.clone()),
+        );
         let compute = async {
+            let stop = until_stopped(stopped.clone());
             if mount {
-                let run = daemon::run_compute_mount(
-                    compute,
-                    work,
-                    until_stopped(stopped.clone()),
-                    status,
-                );
-                run.await
+                let control = Some(compute_socket.as_path());
+                daemon::run_compute_mount_with_control(compute, work, control, stop, status).await
             } else {
-                daemon::run_compute(compute, until_stopped(stopped.clone()), status).await
+                daemon::run_compute_with_control(compute, Some(&compute_socket), stop, status).await
             }
         };
         let stopper = async {
@@ -278,6 +279,13 @@ fn print_guide(
         "  edit one file on both sides at once: the project's version wins, the other is kept"
     )?;
     writeln!(out, "    in {h}/.unionsync/conflicts/")?;
+    let control = dir.join("compute.sock");
+    writeln!(out, "  unionsync status --control {}", control.display())?;
+    writeln!(
+        out,
+        "  unionsync sync --wait --control {}",
+        control.display()
+    )?;
     match duration {
         Some(d) => writeln!(
             out,

@@ -18,6 +18,7 @@ pub mod archive;
 pub mod beneath;
 pub mod compute_agent;
 pub mod compute_disk;
+pub mod control;
 pub mod daemon;
 pub mod persist;
 pub mod project_disk;
@@ -28,6 +29,7 @@ pub mod store;
 pub mod tls;
 pub mod transport;
 pub mod union;
+pub mod view_ops;
 
 /// The agents' clock: tokio's, which turmoil virtualises (never
 /// `std::time::Instant::now` or `SystemTime`).

@@ -1,15 +1,21 @@
-//! The `unionsync` command: the two daemons and the scripted demo.
+//! The `unionsync` command: the two daemons, the commands that talk to
+//! them over their control sockets, and the demo.
 //!
 //! ```text
-//! unionsync project serve --home DIR [--listen ADDR] [--token-file F]
-//! unionsync compute run --upper DIR --whiteouts DIR --project URL [--token-file F] [--id N]
-//! unionsync compute mount --mount DIR --lower DIR --upper DIR --project URL [--token-file F] [--id N]
+//! unionsync project serve --home DIR [--listen ADDR] [--token-file F] [--control SOCK]
+//! unionsync compute mount --mount DIR --lower DIR --upper DIR --project URL [--id N] [--control SOCK]
+//! unionsync compute run --upper DIR --whiteouts DIR --project URL [--id N]
+//! unionsync status [--json] | sync [--wait] | clear-error | copy --to-project|--from-project PATH…
+//! unionsync remote ls|rm|mv|rename --compute ID …        (on the project host)
 //! unionsync demo [DIR] [--duration SECS] [--no-mount] | --plan
+//! any command: --config FILE (TOML; keys are the long options)
 //! ```
 
 mod config;
+mod control_cli;
 mod demo;
 mod demo_plan;
+mod view_cli;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use unionsync::compute_disk::ComputeDirs;
+use unionsync::control;
 use unionsync::daemon::{self, ComputeOptions, ProjectOptions};
 use unionsync_core::{RelPath, Timing};
 
@@ -81,6 +88,39 @@ enum Command {
     /// The compute side: sync a local upper layer with the project.
     #[command(subcommand)]
     Compute(ComputeCommand),
+    /// Show what the daemon on this machine is doing.
+    ///
+    /// Compute side: phase and progress, the last sync (when, files
+    /// pushed/pulled, conflicts), the next one, failures in a row, the last
+    /// error, whether syncing is paused. Project side: the compute servers
+    /// connected now. Exits non-zero when no daemon answers.
+    ///
+    /// Example: unionsync status --json
+    Status(control_cli::StatusArgs),
+    /// Sync now (on the compute side).
+    ///
+    /// Also while syncing is paused after failures: a sync that succeeds
+    /// ends the pause.
+    ///
+    /// Example: unionsync sync --wait && make test
+    Sync(control_cli::SyncArgs),
+    /// Resume syncing after repeated failures paused it.
+    ///
+    /// The error is in `unionsync status`, and in <state>/last-error
+    /// (default <upper>/.unionsync/state/last-error) until a sync succeeds.
+    ///
+    /// Example: unionsync clear-error
+    ClearError(control_cli::ControlArgs),
+    /// On the compute host: copy now, whatever the sync state, either way.
+    ///
+    /// Example: unionsync copy --to-project ~/work/results/run-12
+    Copy(view_cli::CopyArgs),
+    /// On the project host: act on a connected compute server's view
+    /// (journaled and synced there like its user's own changes).
+    ///
+    /// Example: unionsync remote ls --compute 1
+    #[command(subcommand)]
+    Remote(view_cli::RemoteCommand),
 }
 
 #[derive(Args)]
@@ -154,6 +194,11 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The control socket for `unionsync status`. Default:
+    /// $XDG_RUNTIME_DIR/unionsync/project.sock, or
+    /// /tmp/unionsync-<uid>/project.sock without XDG_RUNTIME_DIR.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
     #[command(flatten)]
     token: TokenArgs,
 }
@@ -228,11 +273,23 @@ struct AgentArgs {
     interval_min: f64,
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     interval_max: f64,
+    /// The control socket for `unionsync status`, `sync` and `clear-error`
+    /// (one compute daemon per socket: give a second daemon its own).
+    /// Default: $XDG_RUNTIME_DIR/unionsync/compute.sock, or
+    /// /tmp/unionsync-<uid>/compute.sock without XDG_RUNTIME_DIR.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
     #[command(flatten)]
     token: TokenArgs,
 }
 
 impl AgentArgs {
+    fn control_socket(&self) -> PathBuf {
+        self.control
+            .clone()
+            .unwrap_or_else(|| control::default_socket(control::Side::Compute))
+    }
+
     fn options(self, mut dirs: ComputeDirs) -> anyhow::Result<ComputeOptions> {
         if let Some(state) = self.state {
             dirs.state = state;
@@ -335,16 +392,28 @@ fn main() -> anyhow::Result<()> {
                 step_timeout: STEP_TIMEOUT,
                 tls: args.tls_cert.zip(args.tls_key),
             };
-            run_local(daemon::run_project_server(options, shutdown_signal()))??;
+            let control = args
+                .control
+                .unwrap_or_else(|| control::default_socket(control::Side::Project));
+            let run =
+                daemon::run_project_server_with_control(options, Some(&control), shutdown_signal());
+            run_local(run)??;
             Ok(())
         }
         Command::Compute(ComputeCommand::Run(args)) => {
             init_logging();
             let mut dirs = ComputeDirs::new(&args.upper, &args.whiteouts);
             dirs.lower = args.lower;
+            let control = args.agent.control_socket();
             let options = args.agent.options(dirs)?;
             let (status, _) = tokio::sync::watch::channel(Default::default());
-            run_local(daemon::run_compute(options, shutdown_signal(), status))??;
+            let run = daemon::run_compute_with_control(
+                options,
+                Some(&control),
+                shutdown_signal(),
+                status,
+            );
+            run_local(run)??;
             Ok(())
         }
         Command::Compute(ComputeCommand::Mount(args)) => {
@@ -363,11 +432,23 @@ fn main() -> anyhow::Result<()> {
                         .with_context(|| format!("--local-only {p:?} is not a relative path"))
                 })
                 .collect::<anyhow::Result<_>>()?;
+            let control = args.agent.control_socket();
             let options = args.agent.options(dirs)?;
             let (status, _) = tokio::sync::watch::channel(Default::default());
-            let run = daemon::run_compute_mount(options, args.mount, shutdown_signal(), status);
+            let run = daemon::run_compute_mount_with_control(
+                options,
+                args.mount,
+                Some(&control),
+                shutdown_signal(),
+                status,
+            );
             run_local(run)??;
             Ok(())
         }
+        Command::Status(args) => control_cli::status(args),
+        Command::Sync(args) => control_cli::sync(args),
+        Command::ClearError(args) => control_cli::clear_error(args),
+        Command::Copy(args) => view_cli::copy(args),
+        Command::Remote(command) => view_cli::remote(command),
     }
 }

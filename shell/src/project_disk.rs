@@ -4,6 +4,7 @@
 //! <home>/                         the user's files (the truth)
 //! <home>/.unionsync/bases/<id>    each compute server's base (crash-safe file)
 //! <home>/.unionsync/staging/<id>/ content received for the sync in flight
+//! <home>/.unionsync/staging/<id>-copy/ content of `copy --to-project`
 //! <home>/.unionsync/conflicts/<id>/<stamp>/<path>   every losing version
 //! ```
 //!
@@ -16,7 +17,7 @@ use std::io;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
-use unionsync_core::{conflict_path, BaseEntry, ContentHash, Meta, ProjectOp, RelPath};
+use unionsync_core::{conflict_path, BaseEntry, ContentHash, Kind, Meta, ProjectOp, RelPath};
 
 use crate::beneath::Root;
 use crate::persist;
@@ -37,6 +38,9 @@ fn reserved(path: &str) -> RelPath {
 pub struct DiskProjectStore {
     home: Rc<Root>,
     staging: BTreeMap<u64, Staging>,
+    /// For `copy --to-project`, apart from the sync's staging (which a
+    /// sync clears when it applies).
+    copies: Option<Staging>,
 }
 
 impl DiskProjectStore {
@@ -44,6 +48,7 @@ impl DiskProjectStore {
         Ok(DiskProjectStore {
             home: Rc::new(Root::open(home)?),
             staging: BTreeMap::new(),
+            copies: None,
         })
     }
 
@@ -58,6 +63,45 @@ impl DiskProjectStore {
             self.staging.insert(compute_id, staging);
         }
         Ok(self.staging.get_mut(&compute_id).expect("inserted above"))
+    }
+
+    /// Puts a `copy --to-project` entry, staged in `copies` when a file, at
+    /// `path`: what the project has there, if different, first goes to
+    /// `.unionsync/conflicts/<id>/<stamp>-copy/<path>`.
+    fn put_copy(&mut self, compute_id: u64, path: &RelPath, meta: &Meta) -> io::Result<()> {
+        let home = self.home.clone();
+        let copies = self
+            .copies
+            .as_mut()
+            .ok_or_else(|| io::Error::other("nothing staged"))?;
+        let mut now = home.stat(path)?;
+        let same = match (&now, &meta.kind) {
+            (Some(now), Kind::Dir) => now.is_dir(),
+            (Some(now), Kind::File) if now.kind == Kind::File => {
+                copies.staged_hash(path).is_some() && home.hash(path)? == copies.staged_hash(path)
+            }
+            (Some(now), kind) => &now.kind == kind,
+            (None, _) => false,
+        };
+        if now.is_some() && !same {
+            let stamp = format!("{}-copy", conflict_stamp_now());
+            let to = conflict_path(compute_id, &stamp, path)
+                .ok_or_else(|| io::Error::other(format!("{path}: conflict path too long")))?;
+            if let Some(parent) = to.parent() {
+                home.mkdir_all(&parent)?;
+            }
+            home.rename(path, &to, rustix::fs::RenameFlags::NOREPLACE)?;
+            tracing::info!(compute_id, %path, kept = %to, "copy --to-project: the project's version kept");
+            now = None;
+        }
+        if let Some(parent) = path.parent() {
+            home.mkdir_all(&parent)?;
+        }
+        let mut dirs = Vec::new();
+        match copies.install(&home, path, path, meta, now.as_ref(), &mut dirs)? {
+            Ok(()) => finish_dirs(&home, &mut dirs),
+            Err(Deferred(why)) => Err(io::Error::other(why)),
+        }
     }
 
     fn load(&self, compute_id: u64) -> io::Result<Option<BaseFile>> {
@@ -127,6 +171,7 @@ impl Clone for DiskProjectStore {
         DiskProjectStore {
             home: self.home.clone(),
             staging: BTreeMap::new(),
+            copies: None,
         }
     }
 }
@@ -134,8 +179,11 @@ impl Clone for DiskProjectStore {
 /// Names a sync's conflicts folder: readable wall-clock time (only a name,
 /// never compared) plus the sync number, so two syncs never share one.
 fn conflict_stamp(sync: u64) -> String {
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-    format!("{now}-sync{sync}")
+    format!("{}-sync{sync}", conflict_stamp_now())
+}
+
+fn conflict_stamp_now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 impl ProjectStore for DiskProjectStore {
@@ -170,6 +218,29 @@ impl ProjectStore for DiskProjectStore {
         paths: &[RelPath],
     ) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>> {
         Ok(self.home.hashes(paths)?)
+    }
+
+    async fn copy_in(
+        &mut self,
+        compute_id: u64,
+        path: &RelPath,
+        meta: &Meta,
+        data: &[u8],
+        last: bool,
+    ) -> StoreResult<()> {
+        if self.copies.is_none() {
+            let dir = reserved(&format!(".unionsync/staging/{compute_id}-copy"));
+            self.copies = Some(Staging::new(&self.home, &dir)?);
+        }
+        if meta.kind == Kind::File {
+            let copies = self.copies.as_mut().expect("made above");
+            copies.receive(path, data, last)?;
+        }
+        if !last {
+            return Ok(());
+        }
+        self.put_copy(compute_id, path, meta)
+            .map_err(|e| crate::store::StoreError(format!("{path}: {e}")))
     }
 
     async fn index_snapshot(&mut self) -> StoreResult<Vec<(RelPath, Meta)>> {

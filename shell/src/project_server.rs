@@ -12,13 +12,15 @@
 //! Runs on a current-thread runtime inside a `LocalSet` (the store's
 //! async-fn-in-trait futures are not `Send`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use unionsync_core::{
     ErrorCode, Message, ProjectConfig, ProjectError, ProjectEvent, ProjectIo, ProjectSession,
+    RemoteEntry, RemoteOp,
 };
 
 use crate::project_watch::WatchNews;
@@ -50,18 +52,113 @@ pub enum ServeError {
     Session(#[from] ProjectError),
 }
 
+/// An event of one connection, for a daemon that follows each of them
+/// (`unionsync status` on the project side).
+#[derive(Clone, Debug)]
+pub struct ConnectionEvent {
+    /// Numbers the connections of one [`serve_observed`], from 1.
+    pub connection: u64,
+    pub peer: SocketAddr,
+    pub news: ConnectionNews,
+}
+
+#[derive(Clone, Debug)]
+pub enum ConnectionNews {
+    /// The connection started; operations on its compute server's view go
+    /// here (`unionsync remote …`).
+    Opened(mpsc::UnboundedSender<RemoteCall>),
+    /// The connection's session said so.
+    Session(ProjectEvent),
+    /// The connection ended (its last event).
+    Closed,
+}
+
+/// An operation on a connected compute server's view, and where its
+/// outcome goes.
+#[derive(Debug)]
+pub struct RemoteCall {
+    pub op: RemoteOp,
+    pub reply: oneshot::Sender<RemoteResult>,
+}
+
+pub type RemoteResult = Result<Vec<RemoteEntry>, String>;
+
+/// Remote operations sent to the compute server and not answered yet.
+type RemotePending = HashMap<u64, oneshot::Sender<RemoteResult>>;
+
+/// Where the connections' events go.
+#[derive(Clone, Debug)]
+pub enum Observer {
+    /// The sessions' events as they come, whatever the connection.
+    Events(mpsc::UnboundedSender<ProjectEvent>),
+    /// Each event tagged with its connection, and a `Closed` at its end.
+    Connections(mpsc::UnboundedSender<ConnectionEvent>),
+}
+
+/// How one connection reports its session's events.
+enum Reporter {
+    Plain(mpsc::UnboundedSender<ProjectEvent>),
+    Tagged {
+        events: mpsc::UnboundedSender<ConnectionEvent>,
+        connection: u64,
+        peer: SocketAddr,
+    },
+}
+
+impl Reporter {
+    fn send(&self, event: ProjectEvent) {
+        self.send_news(ConnectionNews::Session(event));
+    }
+
+    fn send_news(&self, news: ConnectionNews) {
+        // Nobody listening any more is fine.
+        match (self, news) {
+            (Reporter::Plain(events), ConnectionNews::Session(event)) => {
+                let _ = events.send(event);
+            }
+            (Reporter::Plain(_), ConnectionNews::Closed | ConnectionNews::Opened(_)) => {}
+            (
+                Reporter::Tagged {
+                    events,
+                    connection,
+                    peer,
+                },
+                news,
+            ) => {
+                let _ = events.send(ConnectionEvent {
+                    connection: *connection,
+                    peer: *peer,
+                    news,
+                });
+            }
+        }
+    }
+}
+
 /// Serves every connection `listener` accepts, each on its own local task
 /// with a clone of `store`; each passes on what `news` (the home's
 /// watcher) reports. Returns only if accepting fails for a reason other
 /// than one connection's (aborted, reset, interrupted).
 pub async fn serve<L: Listener, St: ProjectStore + Clone + 'static>(
-    mut listener: L,
+    listener: L,
     store: St,
     config: ProjectConfig,
     events: Option<mpsc::UnboundedSender<ProjectEvent>>,
     news: Option<broadcast::Sender<Arc<WatchNews>>>,
 ) -> std::io::Result<()> {
+    serve_observed(listener, store, config, events.map(Observer::Events), news).await
+}
+
+/// [`serve`], reporting the connections' events to `observer`.
+pub async fn serve_observed<L: Listener, St: ProjectStore + Clone + 'static>(
+    mut listener: L,
+    store: St,
+    config: ProjectConfig,
+    observer: Option<Observer>,
+    news: Option<broadcast::Sender<Arc<WatchNews>>>,
+) -> std::io::Result<()> {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
+    let mut connections = 0u64;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -77,12 +174,26 @@ pub async fn serve<L: Listener, St: ProjectStore + Clone + 'static>(
             Err(error) => return Err(error),
         };
         let news = news.as_ref().map(broadcast::Sender::subscribe);
-        let connection =
-            serve_connection(stream, store.clone(), config.clone(), events.clone(), news);
-        tokio::task::spawn_local(async move {
-            match connection.await {
-                Ok(()) => tracing::debug!(%peer, "compute server hung up"),
-                Err(error) => tracing::debug!(%peer, %error, "connection ended"),
+        connections += 1;
+        let reporter = observer.as_ref().map(|observer| match observer {
+            Observer::Events(events) => Reporter::Plain(events.clone()),
+            Observer::Connections(events) => Reporter::Tagged {
+                events: events.clone(),
+                connection: connections,
+                peer,
+            },
+        });
+        tokio::task::spawn_local({
+            let (store, config) = (store.clone(), config.clone());
+            async move {
+                let result = connection(stream, store, config, reporter.as_ref(), news).await;
+                match result {
+                    Ok(()) => tracing::debug!(%peer, "compute server hung up"),
+                    Err(error) => tracing::debug!(%peer, %error, "connection ended"),
+                }
+                if let Some(reporter) = reporter {
+                    reporter.send_news(ConnectionNews::Closed);
+                }
             }
         });
     }
@@ -93,9 +204,24 @@ pub async fn serve<L: Listener, St: ProjectStore + Clone + 'static>(
 /// closed connection, and reaches neither the session nor the store.
 pub async fn serve_connection<S, St>(
     stream: S,
-    mut store: St,
+    store: St,
     config: ProjectConfig,
     events: Option<mpsc::UnboundedSender<ProjectEvent>>,
+    news: Option<broadcast::Receiver<Arc<WatchNews>>>,
+) -> Result<(), ServeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    St: ProjectStore,
+{
+    let reporter = events.map(Reporter::Plain);
+    connection(stream, store, config, reporter.as_ref(), news).await
+}
+
+async fn connection<S, St>(
+    stream: S,
+    mut store: St,
+    config: ProjectConfig,
+    events: Option<&Reporter>,
     mut news: Option<broadcast::Receiver<Arc<WatchNews>>>,
 ) -> Result<(), ServeError>
 where
@@ -105,8 +231,20 @@ where
     let mut ws = transport::accept(stream).await?;
     let mut session = ProjectSession::new(config, now());
     let mut inbound = Inbound::default();
+    let (remote, mut remote_calls) = mpsc::unbounded_channel();
+    if let Some(events) = events {
+        events.send_news(ConnectionNews::Opened(remote));
+    }
+    let mut remote_pending = RemotePending::new();
     loop {
-        if let Some(error) = drain(&mut session, &mut store, &mut ws, events.as_ref()).await? {
+        let drained = drain(
+            &mut session,
+            &mut store,
+            &mut ws,
+            events,
+            &mut remote_pending,
+        );
+        if let Some(error) = drained.await? {
             // The session queued an Error frame for the peer; drain sent it.
             tracing::warn!(compute_id = ?session.compute_id(), %error, "closing the connection");
             let _ = ws.close(None).await;
@@ -134,6 +272,14 @@ where
                 Err(error) => return Err(error.into()),
             },
             () = sleep_until(session.poll_timeout()) => session.handle_timeout(now()),
+            Some(call) = remote_calls.recv() => match session.request_remote(call.op) {
+                Some(id) => {
+                    remote_pending.insert(id, call.reply);
+                }
+                None => {
+                    let _ = call.reply.send(Err("the compute server is still connecting".into()));
+                }
+            },
             received = recv_news(&mut news) => match received {
                 Ok(news) => match &*news {
                     WatchNews::Changed(changes) => {
@@ -166,7 +312,8 @@ async fn drain<S, St>(
     session: &mut ProjectSession,
     store: &mut St,
     ws: &mut Ws<S>,
-    events: Option<&mpsc::UnboundedSender<ProjectEvent>>,
+    events: Option<&Reporter>,
+    remote_pending: &mut RemotePending,
 ) -> Result<Option<ProjectError>, TransportError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -207,9 +354,24 @@ where
                 conflicts = conflicts.len(),
                 "sync done"
             ),
+            ProjectEvent::RemoteDone {
+                compute_id,
+                id,
+                result,
+            } => {
+                tracing::debug!(
+                    compute_id,
+                    id,
+                    ok = result.is_ok(),
+                    "remote operation answered"
+                );
+                if let Some(reply) = remote_pending.remove(id) {
+                    let _ = reply.send(result.clone());
+                }
+            }
         }
         if let Some(events) = events {
-            let _ = events.send(event);
+            events.send(event);
         }
     }
     Ok(session.poll_close())
@@ -264,6 +426,26 @@ where
             })
             .await?
             .map(|skipped| session.handle_files_sent(now(), skipped))
+        }
+        ProjectIo::CopyIn {
+            compute_id,
+            id,
+            path,
+            meta,
+            data,
+            last,
+        } => {
+            let result = store.copy_in(compute_id, &path, &meta, &data, last).await;
+            match result {
+                Ok(()) if !last => {}
+                Ok(()) => session.handle_copied_in(id, Ok(())),
+                Err(error) => {
+                    tracing::warn!(compute_id, %path, %error, "copy --to-project failed");
+                    session.handle_copied_in(id, Err(error.to_string()));
+                }
+            }
+            // Not the sync's storage: a failure here ends no session.
+            Ok(())
         }
         ProjectIo::IndexSnapshot => store
             .index_snapshot()

@@ -117,6 +117,14 @@ impl Staging {
         Ok(())
     }
 
+    /// The content hash of what was staged for `path`, once complete.
+    pub fn staged_hash(&self, path: &RelPath) -> Option<ContentHash> {
+        let receiving = self.receiving.as_ref().is_some_and(|(p, ..)| p == path);
+        (!receiving)
+            .then(|| self.files.get(path).map(|f| f.hash))
+            .flatten()
+    }
+
     fn drop_file(&mut self, path: &RelPath) -> io::Result<()> {
         if let Some(old) = self.files.remove(path) {
             ignore_absent(self.dir.remove(&old.name, false))?;

@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use unionsync_core::{
-    BaseEntry, Change, ComputeOp, ContentHash, IndexUpdate, Meta, ProjectOp, RelPath,
+    BaseEntry, Change, ComputeOp, ContentHash, IndexUpdate, Meta, ProjectOp, RelPath, RemoteEntry,
+    RemoteOp,
 };
 
 /// A storage failure: the sync in flight fails, nothing is half-applied
@@ -62,6 +63,13 @@ pub trait ComputeStore {
     async fn update_index(&mut self, _update: IndexUpdate) -> StoreResult<()> {
         Ok(())
     }
+    /// Act on the view for the project (`unionsync remote …`), through the
+    /// union so the change is journaled like a user's.
+    async fn remote(&mut self, _op: RemoteOp) -> StoreResult<Vec<RemoteEntry>> {
+        Err(StoreError(
+            "this compute server has no mounted view (it runs without a mount)".into(),
+        ))
+    }
 }
 
 /// The project server's side: the home directory and every compute
@@ -102,6 +110,19 @@ pub trait ProjectStore {
         replace: bool,
         updates: &[(RelPath, Option<BaseEntry>)],
     ) -> StoreResult<()>;
+    /// A piece of a `copy --to-project` entry (see `ProjectIo::CopyIn`):
+    /// staged; with `last`, put at `path`, a different version there kept
+    /// in the conflicts area first.
+    async fn copy_in(
+        &mut self,
+        _compute_id: u64,
+        _path: &RelPath,
+        _meta: &Meta,
+        _data: &[u8],
+        _last: bool,
+    ) -> StoreResult<()> {
+        Err(StoreError("this store cannot take copies".into()))
+    }
     /// Every entry beneath the home but the reserved directory (the lower
     /// metadata index), parents before children.
     async fn index_snapshot(&mut self) -> StoreResult<Vec<(RelPath, Meta)>> {

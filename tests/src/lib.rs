@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod sshd;
+
 /// The `unionsync` binary of this build (`cargo test --workspace` builds it
 /// for the shell's own integration tests, next to this test's `deps/`).
 pub fn binary() -> PathBuf {
@@ -180,6 +182,8 @@ impl Scene {
         let child = Command::new(binary())
             .args(args)
             .env("RUST_LOG", "unionsync=debug")
+            // Its default control socket apart from every other daemon's.
+            .env("XDG_RUNTIME_DIR", log.with_extension("run"))
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file handle"))
@@ -629,5 +633,15 @@ impl Drop for UnionMount {
             }
         }
         detach(&self.mnt);
+    }
+}
+
+impl Daemon {
+    /// Its default control socket (every spawned daemon gets its own
+    /// `XDG_RUNTIME_DIR`); `side` is "compute" or "project".
+    pub fn control_socket(&self, side: &str) -> PathBuf {
+        self.log
+            .with_extension("run")
+            .join(format!("unionsync/{side}.sock"))
     }
 }

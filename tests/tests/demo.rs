@@ -48,6 +48,13 @@ fn the_demo_syncs_both_ways_and_unmounts_on_ctrl_c() {
                     == Some(b"from the project")
         },
     );
+    let status = Command::new(binary())
+        .args(["status", "--control"])
+        .arg(dir.path().join("compute.sock"))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("last sync"));
     // What Ctrl-C sends.
     let interrupt = Command::new("kill")
         .args(["-INT", &demo.id().to_string()])

@@ -172,11 +172,11 @@ mod tests {
         shared.wake(agent);
         shared.changed();
         shared.changed();
-        assert_eq!(commands.try_recv().ok(), Some(AgentCommand::Activity));
+        assert!(matches!(commands.try_recv(), Ok(AgentCommand::Activity)));
         assert!(commands.try_recv().is_err(), "one wake until re-armed");
         shared.rearm();
         shared.changed();
-        assert_eq!(commands.try_recv().ok(), Some(AgentCommand::Activity));
+        assert!(matches!(commands.try_recv(), Ok(AgentCommand::Activity)));
     }
 
     #[test]

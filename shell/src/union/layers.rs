@@ -550,6 +550,66 @@ impl Layers {
         RelPath::new(format!("copy-up-{}-{n}", std::process::id())).expect("valid name")
     }
 
+    /// Makes the union show the project's (lower's) version of `path`: the
+    /// upper's own version, if any, moves to `aside` (a reserved path in the
+    /// upper: kept, never synced), whiteouts at and below `path` go, and the
+    /// lower's version is copied up. Returns every path whose view changed.
+    /// Call under the union's exclusive lock.
+    pub fn take_lower_version(&self, path: &RelPath, aside: &RelPath) -> io::Result<Vec<RelPath>> {
+        if let Some(parent) = path.parent() {
+            if self.lower_hidden(&parent)? || self.lower_view(&parent)?.is_none() {
+                // Its parent is deleted or replaced here: there is nothing
+                // of the project's to show at `path` without undoing that.
+                return Err(Errno::NOENT.into());
+            }
+        }
+        // Whiteouts at `path` are about to go: ask the lower itself.
+        let in_lower = match self.read_index().as_ref() {
+            Some((index, _)) => index.get(path).is_some(),
+            None => self.lower.lstat(path)?.is_some(),
+        };
+        if !in_lower {
+            return Err(Errno::NOENT.into());
+        }
+        let mut changed: Vec<RelPath> = self.subtree_of(&self.upper, path)?;
+        if self.upper.lstat(path)?.is_some() {
+            if let Some(parent) = aside.parent() {
+                self.upper.mkdir_all(&parent)?;
+            }
+            self.upper
+                .rename(path, aside, rustix::fs::RenameFlags::NOREPLACE)?;
+        }
+        match self.whiteouts.remove(&whiteout_marker(path)?, false) {
+            Err(e) if !is_absent(&e) => return Err(e),
+            _ => {}
+        }
+        self.clear_whiteouts_below(path)?;
+        let lower = self
+            .lower_view(path)?
+            .ok_or_else(|| io::Error::from(Errno::NOENT))?;
+        if is_dir(&lower) {
+            self.copy_up_tree(path)?;
+        } else {
+            self.copy_up(path)?;
+        }
+        changed.extend(self.subtree_of(&self.upper, path)?);
+        changed.sort();
+        changed.dedup();
+        Ok(changed)
+    }
+
+    /// `path` and everything below it in `root` (nothing if absent).
+    fn subtree_of(&self, root: &Root, path: &RelPath) -> io::Result<Vec<RelPath>> {
+        let Some(stat) = root.lstat(path)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = vec![path.clone()];
+        if is_dir(&stat) {
+            out.extend(root.walk(Some(path))?.into_iter().map(|(p, _)| p));
+        }
+        Ok(out)
+    }
+
     /// Records the deletion of the lower's `path`.
     pub fn whiteout(&self, path: &RelPath) -> io::Result<()> {
         let marker = whiteout_marker(path)?;

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 
 use fuser::{BackgroundSession, Config, INodeNo, MountOption, Notifier};
@@ -36,6 +36,7 @@ use layers::Layers;
 /// A mounted union; dropping it unmounts.
 pub struct Mounted {
     session: BackgroundSession,
+    mountpoint: PathBuf,
     pub journal: SharedJournal,
     /// Held exclusively by the sync while it changes the upper.
     pub tree: Arc<RwLock<()>>,
@@ -50,6 +51,8 @@ pub struct Mounted {
 #[derive(Clone)]
 pub struct MountLink {
     pub journal: SharedJournal,
+    /// Where the union is mounted (operations on the view go through it).
+    pub mountpoint: PathBuf,
     tree: Arc<RwLock<()>>,
     inodes: Arc<Mutex<Inodes>>,
     notifier: Notifier,
@@ -120,6 +123,32 @@ impl MountLink {
         cached.len()
     }
 
+    /// `unionsync copy --from-project`: the view of `path` becomes the
+    /// project's current version, now, whatever the sync is doing. What the
+    /// compute side had there is kept in `<upper>/.unionsync/replaced/
+    /// <stamp>/<path>` (never synced). The change is journaled like a
+    /// user's, so the next sync records both sides as equal. Returns how many
+    /// entries the view changed.
+    pub fn take_project_version(&self, path: &RelPath, stamp: &str) -> io::Result<usize> {
+        let mut aside = format!(".unionsync/replaced/{stamp}/").into_bytes();
+        aside.extend_from_slice(path.as_bytes());
+        let aside = RelPath::new(aside).map_err(layers::path_error)?;
+        let changed = {
+            let _exclusive = self.exclusive();
+            let changed = self.layers.take_lower_version(path, &aside)?;
+            let mut journal = self.journal.lock();
+            for changed in &changed {
+                journal.note(changed, false, || {
+                    self.layers.lower_meta(changed).ok().flatten()
+                });
+            }
+            changed
+        };
+        self.journal.changed();
+        self.invalidate(&changed);
+        Ok(changed.len())
+    }
+
     /// Applies the project's index news and makes the kernel forget what
     /// it cached about the paths it changes.
     pub fn update_index(&self, update: IndexUpdate) {
@@ -165,6 +194,7 @@ impl Mounted {
     pub fn link(&self) -> MountLink {
         MountLink {
             journal: self.journal.clone(),
+            mountpoint: self.mountpoint.clone(),
             tree: self.tree.clone(),
             inodes: self.inodes.clone(),
             notifier: self.session.notifier(),
@@ -219,6 +249,7 @@ pub fn mount(
     let session = fuser::spawn_mount2(fs, mountpoint, &config)?;
     Ok(Mounted {
         session,
+        mountpoint: mountpoint.to_path_buf(),
         journal,
         tree,
         inodes,

@@ -1,0 +1,442 @@
+//! A real network filesystem for the end-to-end tests: a throwaway `sshd`
+//! on 127.0.0.1 and an `sshfs` mount of the project home through it, the
+//! way a compute server reaches its project.
+//!
+//! ```text
+//! Sshd (temp dir: host key, client key, authorized_keys, sshd_config, log)
+//!   └─ /usr/sbin/sshd -D -e -f sshd_config   (127.0.0.1:<free port>)
+//! Sshfs: sshfs root@127.0.0.1:<home> <mountpoint> -o ro,reconnect,…
+//! Tmpfs: a small tmpfs mounted over a directory (a project disk that fills)
+//! ```
+//!
+//! Every guard undoes itself on drop, also when a test panics: the mounts
+//! are detached, sshd and every session process it forked are killed, and
+//! the keys go with the temp directory. Drop them in this order: the union
+//! daemon first, then [`Sshfs`], then [`Sshd`], then [`Tmpfs`].
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{detach, free_port, is_mounted, read, wait_for, Daemon, MountDirs, Scene};
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+/// Whether the tools of the sshfs end-to-end tests are here: `/dev/fuse`,
+/// `/usr/sbin/sshd`, `sshfs`, `ssh-keygen`, `git`. Says why not when they
+/// are not. Under CI (`CI=true`) a missing tool is a failure, not a skip,
+/// so that a `.ci/run` which forgot to install one is noticed.
+pub fn sshfs_e2e_available() -> bool {
+    let mut missing = Vec::new();
+    if !Path::new("/dev/fuse").exists() {
+        missing.push("/dev/fuse".to_string());
+    }
+    if !Path::new(SSHD).exists() {
+        missing.push(format!("{SSHD} (apt-get install openssh-server)"));
+    }
+    for (tool, package) in [
+        ("sshfs", "sshfs"),
+        ("ssh", "openssh-client"),
+        ("ssh-keygen", "openssh-client"),
+        ("git", "git"),
+        ("fusermount3", "fuse3"),
+    ] {
+        if which(tool).is_none() {
+            missing.push(format!("{tool} (apt-get install {package})"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!(
+        "the sshfs end-to-end tests need what is missing here: {}",
+        missing.join(", ")
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why} (CI=true: a missing tool fails instead of skipping; see .ci/run)");
+    }
+    eprintln!("skipping: {why}");
+    false
+}
+
+/// `tool` found on `PATH`.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Runs `command`, panicking with its output if it fails.
+fn run(command: &mut Command) {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A throwaway sshd on 127.0.0.1 with its own host key and one authorized
+/// client key (for root). Killed, with every session it forked, on drop.
+pub struct Sshd {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    config: PathBuf,
+    /// The private key a client logs in with.
+    pub client_key: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Sshd {
+    /// Creates the keys and the config and starts sshd; returns once its
+    /// port accepts connections.
+    pub fn start_new() -> Sshd {
+        let dir = tempfile::tempdir().expect("a temp dir for sshd");
+        let host_key = dir.path().join("host_ed25519");
+        let client_key = dir.path().join("client_ed25519");
+        for key in [&host_key, &client_key] {
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-N", "", "-t", "ed25519", "-C", "unionsync-e2e", "-f"])
+                .arg(key));
+        }
+        let authorized = dir.path().join("authorized_keys");
+        std::fs::copy(client_key.with_extension("pub"), &authorized)
+            .expect("writing authorized_keys");
+        let port = free_port();
+        let config = dir.path().join("sshd_config");
+        let pid_file = dir.path().join("sshd.pid");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1\n\
+                 Port {port}\n\
+                 HostKey {host_key}\n\
+                 AuthorizedKeysFile {authorized}\n\
+                 PidFile {pid_file}\n\
+                 StrictModes no\n\
+                 PasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\n\
+                 UsePAM no\n\
+                 PermitRootLogin prohibit-password\n\
+                 UseDNS no\n\
+                 PrintMotd no\n\
+                 MaxStartups 100\n\
+                 Subsystem sftp internal-sftp\n",
+                host_key = host_key.display(),
+                authorized = authorized.display(),
+                pid_file = pid_file.display(),
+            ),
+        )
+        .expect("writing sshd_config");
+        // The privilege separation directory (normally made by systemd).
+        std::fs::create_dir_all("/run/sshd").expect("creating /run/sshd");
+        let log = dir.path().join("sshd.log");
+        let mut sshd = Sshd {
+            dir,
+            port,
+            config,
+            client_key,
+            log,
+            child: None,
+        };
+        sshd.start();
+        sshd
+    }
+
+    /// Starts sshd (again, on the same port); returns once it accepts.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "sshd is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("opening the sshd log");
+        let child = Command::new(SSHD)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file handle"))
+            .stderr(log)
+            .spawn()
+            .expect("starting sshd");
+        self.child = Some(child);
+        let address = format!("127.0.0.1:{}", self.port);
+        let child = self.child.as_mut().expect("just started");
+        let log = &self.log;
+        wait_for("sshd to listen", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("sshd exited ({status}): {}", read(log));
+            }
+            std::net::TcpStream::connect(&address).is_ok()
+        });
+    }
+
+    /// Stops sshd and every session it serves, as a network outage would:
+    /// connections break and new ones are refused.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // Freeze the tree (no more forks or accepts) before killing it, so
+        // no session escapes by being reparented away from us.
+        let listener = child.id();
+        let mut frozen = vec![listener];
+        signal(SIGSTOP, &frozen);
+        loop {
+            let found: Vec<u32> = descendants(listener)
+                .into_iter()
+                .filter(|pid| !frozen.contains(pid))
+                .collect();
+            if found.is_empty() {
+                break;
+            }
+            signal(SIGSTOP, &found);
+            frozen.extend(found);
+        }
+        signal(SIGKILL, &frozen);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Whether sshd is running.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The directory of the keys and the config.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("===== {} =====\n{}", self.log.display(), read(&self.log));
+        }
+    }
+}
+
+const SIGKILL: i32 = 9;
+const SIGSTOP: i32 = 19;
+
+extern "C" {
+    /// kill(2) from the C library std already links (no `kill` binary,
+    /// which a minimal Debian lacks, and no extra crate).
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Sends `sig` to `pids` (processes this test started, or forked by them).
+fn signal(sig: i32, pids: &[u32]) {
+    for &pid in pids {
+        if let Ok(pid) = i32::try_from(pid) {
+            if pid > 0 {
+                // SAFETY: kill(2) takes plain integers and touches no memory.
+                unsafe { kill(pid, sig) };
+            }
+        }
+    }
+}
+
+/// Every process below `pid` (children, their children, …).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid …"; comm may hold spaces and parens.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+                continue;
+            };
+            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+                parents.push((child, ppid));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(parent) = todo.pop() {
+        for &(child, ppid) in &parents {
+            if ppid == parent && !out.contains(&child) {
+                out.push(child);
+                todo.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// `sshfs root@127.0.0.1:<remote> <mountpoint>` through an [`Sshd`],
+/// read-only, reconnecting, with sshfs's own caches off (the union's index
+/// answers metadata; content must be what the project has now). Detached
+/// on drop, also when a test panics.
+pub struct Sshfs {
+    pub mountpoint: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Sshfs {
+    pub fn mount(sshd: &Sshd, remote: &Path, mountpoint: &Path) -> Sshfs {
+        std::fs::create_dir_all(mountpoint).expect("creating the sshfs mountpoint");
+        let log = sshd
+            .dir()
+            .join(format!("sshfs-{}.log", mountpoint.display()).replace('/', "_"));
+        let file = std::fs::File::create(&log).expect("creating the sshfs log");
+        let options = format!(
+            "IdentityFile={key},IdentitiesOnly=yes,UserKnownHostsFile=/dev/null,\
+             StrictHostKeyChecking=no,BatchMode=yes,LogLevel=ERROR,ConnectTimeout=5,\
+             ServerAliveInterval=2,ServerAliveCountMax=3,reconnect,ro,\
+             dir_cache=no,entry_timeout=0,attr_timeout=0,negative_timeout=0",
+            key = sshd.client_key.display()
+        );
+        let source = format!("root@127.0.0.1:{}", remote.display());
+        // Normal (daemon) mode: sshfs returns once the mount is up.
+        let status = Command::new("sshfs")
+            .arg(&source)
+            .arg(mountpoint)
+            .args(["-F", "/dev/null", "-p"])
+            .arg(sshd.port.to_string())
+            .arg("-o")
+            .arg(&options)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file handle"))
+            .stderr(file)
+            .status()
+            .expect("running sshfs");
+        let guard = Sshfs {
+            mountpoint: mountpoint.to_path_buf(),
+            log,
+        };
+        assert!(
+            status.success(),
+            "sshfs {source} {} failed ({status}): {}",
+            mountpoint.display(),
+            read(&guard.log)
+        );
+        wait_for("the sshfs mount", Duration::from_secs(20), || {
+            is_mounted(mountpoint) && std::fs::metadata(mountpoint).is_ok()
+        });
+        guard
+    }
+}
+
+impl Drop for Sshfs {
+    fn drop(&mut self) {
+        if is_mounted(&self.mountpoint) {
+            // A clean unmount ends the sshfs process; a busy or dead mount
+            // is detached lazily (sshfs exits once it is released).
+            let clean = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mountpoint)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !clean {
+                detach(&self.mountpoint);
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("===== {} =====\n{}", self.log.display(), read(&self.log));
+        }
+    }
+}
+
+/// A tmpfs of `size` (as `mount -o size=`, e.g. "8m") mounted over `dir`,
+/// a project disk that can fill up. Unmounted on drop.
+pub struct Tmpfs {
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("creating the tmpfs mountpoint");
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size},mode=0755"))
+            .arg("unionsync-e2e")
+            .arg(dir));
+        Tmpfs {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            // Lazy: a process still holding a file there does not keep
+            // the mount in place.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Scene {
+    /// [`Scene::start_compute_mount`] over another lower (an sshfs mount of
+    /// the home, say) with more arguments; returns once the union is
+    /// mounted.
+    pub fn start_compute_mount_over(
+        &self,
+        dirs: &MountDirs,
+        lower: &Path,
+        extra: &[&OsStr],
+    ) -> Daemon {
+        let id = dirs.id.to_string();
+        let url = self.url();
+        let mut args: Vec<&OsStr> = vec![
+            "compute".as_ref(),
+            "mount".as_ref(),
+            "--mount".as_ref(),
+            dirs.mount.as_os_str(),
+            "--lower".as_ref(),
+            lower.as_os_str(),
+            "--upper".as_ref(),
+            dirs.upper.as_os_str(),
+            "--project".as_ref(),
+            url.as_ref(),
+            "--id".as_ref(),
+            id.as_ref(),
+            "--token-file".as_ref(),
+            self.token.as_os_str(),
+            "--interval-min".as_ref(),
+            "0.2".as_ref(),
+            "--interval-max".as_ref(),
+            "0.5".as_ref(),
+        ];
+        args.extend_from_slice(extra);
+        let mut daemon = self.spawn(&format!("mounted-{id}"), &args);
+        daemon.mountpoint = Some(dirs.mount.clone());
+        let started = Instant::now();
+        wait_for("the union to be mounted", Duration::from_secs(20), || {
+            assert!(
+                daemon.running(),
+                "compute mount exited after {:?}: {}",
+                started.elapsed(),
+                read(&daemon.log)
+            );
+            is_mounted(&dirs.mount) && std::fs::metadata(&dirs.mount).is_ok()
+        });
+        daemon
+    }
+}
