@@ -890,7 +890,7 @@ fn read_view(
         let mut todo = vec![top];
         while let Some(path) = todo.pop() {
             let failed = |e: io::Error| format!("{path}: {e}");
-            let stat = rustix::fs::lstat(&full(&path)).map_err(|e| failed(e.into()))?;
+            let stat = rustix::fs::lstat(full(&path)).map_err(|e| failed(e.into()))?;
             let (target, data) = match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
                 rustix::fs::FileType::Directory => {
                     let mut names = std::fs::read_dir(full(&path))

@@ -37,6 +37,19 @@ fn remote(project: &Daemon, args: &[&str]) -> Output {
     cli(&all)
 }
 
+/// `unionsync copy <direction> <path> --control <compute socket>`.
+fn copy(compute: &Daemon, direction: &str, path: &Path) -> Output {
+    let socket = compute.control_socket("compute");
+    let args: [&OsStr; 5] = [
+        "copy".as_ref(),
+        direction.as_ref(),
+        path.as_os_str(),
+        "--control".as_ref(),
+        socket.as_os_str(),
+    ];
+    cli(&args)
+}
+
 /// A project home with `notes.txt`, served, and compute server 1 mounted
 /// over it and connected.
 fn connected() -> Option<(Scene, unionsync_tests::MountDirs, Daemon, Daemon)> {
@@ -142,16 +155,7 @@ fn copy_from_project_brings_back_the_project_version_even_with_the_project_away(
     };
     project.kill();
     std::fs::write(m.mount.join("notes.txt"), b"local edit").unwrap();
-    let socket = compute.control_socket("compute");
-    let target = m.mount.join("notes.txt");
-    let args: [&OsStr; 5] = [
-        "copy".as_ref(),
-        "--from-project".as_ref(),
-        target.as_os_str(),
-        "--control".as_ref(),
-        socket.as_os_str(),
-    ];
-    let copied = cli(&args);
+    let copied = copy(&compute, "--from-project", &m.mount.join("notes.txt"));
     assert!(copied.status.success(), "{}", text(&copied));
     assert_eq!(
         read(&m.mount.join("notes.txt")).as_deref(),
@@ -175,16 +179,7 @@ fn copy_to_project_puts_a_tree_in_the_project_and_keeps_the_project_version() {
     std::fs::write(m.mount.join("scratch/run/logs/1.log"), b"log").unwrap();
     std::fs::create_dir_all(scene.home.join("scratch/run")).unwrap();
     std::fs::write(scene.home.join("scratch/run/out.txt"), b"the project's").unwrap();
-    let socket = compute.control_socket("compute");
-    let target = m.mount.join("scratch/run");
-    let args: [&OsStr; 5] = [
-        "copy".as_ref(),
-        "--to-project".as_ref(),
-        target.as_os_str(),
-        "--control".as_ref(),
-        socket.as_os_str(),
-    ];
-    let copied = cli(&args);
+    let copied = copy(&compute, "--to-project", &m.mount.join("scratch/run"));
     assert!(copied.status.success(), "{}", text(&copied));
     assert_eq!(
         read(&scene.home.join("scratch/run/out.txt")).as_deref(),
@@ -209,16 +204,7 @@ fn copy_to_project_without_a_connection_says_so() {
     };
     project.kill();
     std::fs::write(m.mount.join("new.txt"), b"n").unwrap();
-    let socket = compute.control_socket("compute");
-    let target = m.mount.join("new.txt");
-    let args: [&OsStr; 5] = [
-        "copy".as_ref(),
-        "--to-project".as_ref(),
-        target.as_os_str(),
-        "--control".as_ref(),
-        socket.as_os_str(),
-    ];
-    let refused = cli(&args);
+    let refused = copy(&compute, "--to-project", &m.mount.join("new.txt"));
     assert!(!refused.status.success());
     // "not connected", or "connection lost" if the agent had not noticed yet.
     assert!(text(&refused).contains("connect"), "{}", text(&refused));
