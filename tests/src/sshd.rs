@@ -23,12 +23,16 @@ use crate::{detach, free_port, is_mounted, read, wait_for, Daemon, MountDirs, Sc
 
 const SSHD: &str = "/usr/sbin/sshd";
 
-/// Whether the tools of the sshfs end-to-end tests are here: `/dev/fuse`,
-/// `/usr/sbin/sshd`, `sshfs`, `ssh-keygen`, `git`. Says why not when they
-/// are not. Under CI (`CI=true`) a missing tool is a failure, not a skip,
-/// so that a `.ci/run` which forgot to install one is noticed.
+/// Whether the sshfs end-to-end tests can run here: as root, with
+/// `/dev/fuse`, `/usr/sbin/sshd`, `sshfs`, `ssh`, `ssh-keygen`, `git` and
+/// `fusermount3`; says why not when they cannot. Under CI (`CI=true`) a
+/// missing tool is a failure, not a skip, so that a `.ci/run` which forgot
+/// to install one is noticed.
 pub fn sshfs_e2e_available() -> bool {
     let mut missing = Vec::new();
+    if !is_root() {
+        missing.push("root (to log in over ssh as root and mount a tmpfs)".to_string());
+    }
     if !Path::new("/dev/fuse").exists() {
         missing.push("/dev/fuse".to_string());
     }
@@ -58,6 +62,17 @@ pub fn sshfs_e2e_available() -> bool {
     }
     eprintln!("skipping: {why}");
     false
+}
+
+/// Whether this process runs as root (effective uid 0).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            line.split_whitespace().nth(2).map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
 }
 
 /// `tool` found on `PATH`.
