@@ -108,6 +108,8 @@ pub struct DiskComputeStore {
     /// The state of every path of the sync in flight: as scanned, then as a
     /// step left it; recorded for the paths its commit names.
     pending: BTreeMap<RelPath, Option<Reported>>,
+    /// Paths whose whiteout the sync dropped while the user re-created them.
+    recreated: Vec<RelPath>,
 }
 
 impl DiskComputeStore {
@@ -136,6 +138,7 @@ impl DiskComputeStore {
             mount: None,
             recovering: true,
             pending: BTreeMap::new(),
+            recreated: Vec::new(),
         })
     }
 
@@ -300,7 +303,23 @@ impl DiskComputeStore {
             }
             ComputeOp::DropWhiteout { path } => {
                 if self.upper.stat(path)?.is_some() {
-                    return Ok(Err(Deferred(format!("{path}: recreated since the plan"))));
+                    // Re-created since the plan. This step only records that
+                    // both sides agree the old entry is gone, which holds:
+                    // deferring it would keep the old base, and the next sync
+                    // would take the project's deletion (our own, pushed) for
+                    // a conflict with the new entry. The new entry is a new
+                    // change against "nothing there" instead.
+                    tracing::debug!(%path, "re-created while its deletion synced");
+                    if let Some(mount) = &self.mount {
+                        mount.journal.lock().project_has_nothing(path);
+                    }
+                    self.recreated.push(path.clone());
+                }
+                if let Some(mount) = &self.mount {
+                    // The project has nothing there any more (that is why the
+                    // whiteout goes): the lower index must not show its old
+                    // entry until the project's own news comes.
+                    mount.project_agreed_gone(path);
                 }
                 self.remove_whiteout(path)?;
                 Ok(Ok(()))
@@ -424,8 +443,10 @@ impl ComputeStore for DiskComputeStore {
             changed = applied.after.iter().map(|(p, _)| p.clone()).collect();
             let mut journal = mount.journal.lock();
             for path in &changed {
-                // A sync that never commits must report these again.
-                journal.note(path, true, || None);
+                // A sync that never commits must report these again; an
+                // entry the user re-created must be reported after it too.
+                let by_sync = !self.recreated.contains(path);
+                journal.note(path, by_sync, || None);
             }
             applied
         };
@@ -453,13 +474,21 @@ impl ComputeStore for DiskComputeStore {
         if let Some(mount) = &self.mount {
             mount.journal.lock().commit(mark, paths);
         }
-        self.commit_recorded(epoch, paths)?;
+        let agreed = self.commit_recorded(epoch, paths)?;
+        if let Some(mount) = &self.mount {
+            // The project now holds what was just recorded: tell the lower
+            // index at once, or a path pushed a moment ago and deleted
+            // before the project's own news arrives would get no whiteout
+            // and come back through the lower.
+            mount.project_agreed(&agreed);
+        }
         Ok(())
     }
 }
 
 impl DiskComputeStore {
     fn apply_steps(&mut self, ops: &[ComputeOp]) -> io::Result<Applied> {
+        self.recreated.clear();
         let mut applied = Applied::default();
         let mut done: Vec<RelPath> = Vec::new();
         let mut dirs = Vec::new();
@@ -481,19 +510,34 @@ impl DiskComputeStore {
         finish_dirs(&self.upper, &mut dirs)?;
         self.staging.clear()?;
         done.dedup();
+        let recreated = &self.recreated;
         for path in done {
             let state = self.reported(&path)?;
             let meta = match &state {
                 Some(Reported::Present(meta)) => Some(meta.clone()),
                 _ => None,
             };
-            self.pending.insert(path.clone(), state);
+            // A re-created entry is recorded as what was agreed (nothing), so
+            // that a scan reports it as new.
+            let recorded = if recreated.contains(&path) {
+                None
+            } else {
+                state
+            };
+            self.pending.insert(path.clone(), recorded);
             applied.after.push((path, meta));
         }
         Ok(applied)
     }
 
-    fn commit_recorded(&mut self, epoch: u64, paths: &[RelPath]) -> io::Result<()> {
+    /// Records the committed paths' states; returns them (`None`: absent
+    /// or whited out), which both sides now agree on.
+    fn commit_recorded(
+        &mut self,
+        epoch: u64,
+        paths: &[RelPath],
+    ) -> io::Result<Vec<(RelPath, Option<Meta>)>> {
+        let mut agreed = Vec::with_capacity(paths.len());
         // What the recorded state describes must be on disk before it is.
         self.upper.sync_filesystem()?;
         for path in paths {
@@ -501,6 +545,11 @@ impl DiskComputeStore {
                 Some(state) => state,
                 None => self.reported(path)?,
             };
+            let meta = match &state {
+                Some(Reported::Present(meta)) => Some(meta.clone()),
+                _ => None,
+            };
+            agreed.push((path.clone(), meta));
             match state {
                 Some(state) => self.recorded.insert(path.clone(), state),
                 None => self.recorded.remove(path),
@@ -510,7 +559,7 @@ impl DiskComputeStore {
         self.pending.clear();
         self.epoch = epoch;
         self.save()?;
-        Ok(())
+        Ok(agreed)
     }
 }
 

@@ -417,9 +417,6 @@ fn a_git_clone_and_a_build_in_the_mount_converge_with_the_project() {
 }
 
 #[test]
-#[ignore = "product bugs: `git commit` fails with \"Unable to read current working \
-            directory\", `rm -rf build` with \"Directory not empty\", a `git rm`-ed directory \
-            reappears, rebuilt outputs go to the conflicts area (see the ignored tests below)"]
 fn a_commit_a_clean_rebuild_and_a_repack_in_the_mount_converge_with_the_project() {
     require_tools!();
     let rig = Rig::new(None, |_| {});
@@ -492,10 +489,9 @@ fn cwd_of(pid: u32) -> String {
         .unwrap_or_else(|e| format!("(unreadable: {e})"))
 }
 
+/// Regression: invalidating a directory named in an index delta unhashed
+/// it, so every process working there got ENOENT from getcwd.
 #[test]
-#[ignore = "product bug: the union's kernel invalidation (MountLink::invalidate -> \
-            inval_entry) of a directory named in a lower index delta unhashes it, so \
-            every process whose cwd is there gets ENOENT from getcwd"]
 fn processes_in_a_directory_of_the_mount_keep_their_working_directory_across_syncs() {
     require_tools!();
     let rig = Rig::new(None, |home| {
@@ -550,10 +546,10 @@ fn processes_in_a_directory_of_the_mount_keep_their_working_directory_across_syn
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
+/// Regression: paths deleted in the mount reappeared for a moment (the
+/// sync dropped their whiteouts while the lower index still listed them),
+/// so `rm -rf` failed with "Directory not empty".
 #[test]
-#[ignore = "product bug: paths deleted in the mount reappear for a moment (not in the \
-            upper, no whiteout, still in the project) while a sync runs, so `rm -rf` \
-            fails with \"Directory not empty\""]
 fn rm_rf_of_a_synced_tree_while_a_sync_runs_succeeds_and_nothing_comes_back() {
     require_tools!();
     let rig = Rig::new(None, |_| {});
@@ -603,10 +599,9 @@ fn rm_rf_of_a_synced_tree_while_a_sync_runs_succeeds_and_nothing_comes_back() {
 }
 
 #[test]
-#[ignore = "product bug: a path deleted and re-created in the mount while the sync \
-            pushing the deletion runs ends up in the conflicts area and is removed from \
-            the mount (\"deferred ... recreated since the plan\", then \"preserve ... in \
-            conflicts\"), though the project never changed it"]
+// Regression: a path deleted and re-created in the mount while the sync
+// pushing the deletion ran ended up in the conflicts area and was removed
+// from the mount (its whiteout drop was deferred, keeping the old base).
 fn a_clean_rebuild_while_a_sync_runs_makes_no_conflicts_and_keeps_every_output() {
     require_tools!();
     let rig = Rig::new(None, |_| {});

@@ -52,6 +52,15 @@ impl Journal {
         }
     }
 
+    /// The sync recorded that the project has nothing at `path`: a change
+    /// journaled since compares with that, not with what the lower showed
+    /// before.
+    pub fn project_has_nothing(&mut self, path: &RelPath) {
+        if let Some(entry) = self.entries.get_mut(path) {
+            entry.seen = None;
+        }
+    }
+
     pub fn contains(&self, path: &RelPath) -> bool {
         self.entries.contains_key(path)
     }

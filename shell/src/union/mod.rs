@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 
 use fuser::{BackgroundSession, Config, INodeNo, MountOption, Notifier};
-use unionsync_core::{IndexUpdate, RelPath};
+use unionsync_core::{IndexUpdate, Meta, RelPath};
 
 use crate::beneath::Root;
 use fs::{lock, Inodes, UnionFs};
@@ -149,6 +149,27 @@ impl MountLink {
         Ok(changed.len())
     }
 
+    /// A sync committed: the project holds these states now (`None`:
+    /// nothing). The lower index learns them before the project's own news
+    /// arrives. (Present ones are in the upper, which shows them already;
+    /// absent ones may have shown through the lower until now.)
+    pub fn project_agreed(&self, states: &[(RelPath, Option<Meta>)]) {
+        self.layers.update_index(states);
+        let gone: Vec<RelPath> = states
+            .iter()
+            .filter(|(_, meta)| meta.is_none())
+            .map(|(path, _)| path.clone())
+            .collect();
+        self.invalidate(&gone);
+    }
+
+    /// A whiteout is dropped because the project no longer has `path`: the
+    /// index forgets it too. (Called under [`MountLink::exclusive`]: the
+    /// kernel saw nothing there and still does, so nothing to invalidate.)
+    pub fn project_agreed_gone(&self, path: &RelPath) {
+        self.layers.update_index(&[(path.clone(), None)]);
+    }
+
     /// Applies the project's index news and makes the kernel forget what
     /// it cached about the paths it changes.
     pub fn update_index(&self, update: IndexUpdate) {
@@ -181,6 +202,18 @@ impl MountLink {
             // ENOENT: the kernel holds nothing for it; nothing to drop.
             if let Some(ino) = ino {
                 let _ = self.notifier.inval_inode(INodeNo(ino), 0, 0);
+            }
+            // A directory that is still one keeps its entry: dropping it
+            // would unhash it under every process working in it (getcwd
+            // fails, `git` cannot find its repository). Its attributes and
+            // listing are refreshed by the line above; a child that changed
+            // is invalidated by its own name.
+            let still_a_directory = self
+                .layers
+                .resolve(path)
+                .is_ok_and(|view| view.is_some_and(|(_, stat)| layers::is_dir(&stat)));
+            if still_a_directory && ino.is_some() {
+                continue;
             }
             if let Some(parent) = parent {
                 let name = OsStr::from_bytes(path.file_name());
