@@ -18,8 +18,11 @@ bin=${UNIONSYNC:-$here/target/release/unionsync}
 token=$(mktemp)
 echo bench-token >"$token"
 log=$(mktemp --suffix=.unionsync.log)
+# Its own control socket: the previous setup's daemon may still be exiting.
+control=$(mktemp -u --suffix=.unionsync.sock)
 RUST_LOG=warn "$bin" compute mount --mount "$mountpoint" --lower "$lower" --upper "$upper" \
-    --project ws://127.0.0.1:9/ --token-file "$token" --local-only '' >"$log" 2>&1 &
+    --project ws://127.0.0.1:9/ --token-file "$token" --local-only '' --control "$control" \
+    >"$log" 2>&1 &
 for _ in $(seq 600); do
     mountpoint -q "$mountpoint" && exit 0
     kill -0 $! 2>/dev/null || { cat "$log" >&2; exit 1; }
