@@ -317,15 +317,27 @@ impl Scene {
     /// `unionsync compute mount` with the home as its lower; returns once
     /// the union is mounted.
     pub fn start_compute_mount(&self, dirs: &MountDirs) -> Daemon {
+        self.start_compute_mount_over(dirs, &self.home, &[])
+    }
+
+    /// [`Scene::start_compute_mount`] over another lower (an sshfs mount of
+    /// the home, say) with more arguments; returns once the union is
+    /// mounted.
+    pub fn start_compute_mount_over(
+        &self,
+        dirs: &MountDirs,
+        lower: &Path,
+        extra: &[&OsStr],
+    ) -> Daemon {
         let id = dirs.id.to_string();
         let url = self.url();
-        let args: Vec<&OsStr> = vec![
+        let mut args: Vec<&OsStr> = vec![
             "compute".as_ref(),
             "mount".as_ref(),
             "--mount".as_ref(),
             dirs.mount.as_os_str(),
             "--lower".as_ref(),
-            self.home.as_os_str(),
+            lower.as_os_str(),
             "--upper".as_ref(),
             dirs.upper.as_os_str(),
             "--project".as_ref(),
@@ -339,12 +351,15 @@ impl Scene {
             "--interval-max".as_ref(),
             "0.5".as_ref(),
         ];
+        args.extend_from_slice(extra);
         let mut daemon = self.spawn(&format!("mounted-{id}"), &args);
         daemon.mountpoint = Some(dirs.mount.clone());
+        let started = Instant::now();
         wait_for("the union to be mounted", Duration::from_secs(20), || {
             assert!(
                 daemon.running(),
-                "compute mount exited: {}",
+                "compute mount exited after {:?}: {}",
+                started.elapsed(),
                 read(&daemon.log)
             );
             // A stale mount of a killed daemon is listed too, but refuses

@@ -14,12 +14,11 @@
 //! the keys go with the temp directory. Drop them in this order: the union
 //! daemon first, then [`Sshfs`], then [`Sshd`], then [`Tmpfs`].
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::{detach, free_port, is_mounted, read, wait_for, Daemon, MountDirs, Scene};
+use crate::{detach, free_port, is_mounted, read, wait_for};
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -404,54 +403,5 @@ impl Drop for Tmpfs {
                 .stderr(Stdio::null())
                 .status();
         }
-    }
-}
-
-impl Scene {
-    /// [`Scene::start_compute_mount`] over another lower (an sshfs mount of
-    /// the home, say) with more arguments; returns once the union is
-    /// mounted.
-    pub fn start_compute_mount_over(
-        &self,
-        dirs: &MountDirs,
-        lower: &Path,
-        extra: &[&OsStr],
-    ) -> Daemon {
-        let id = dirs.id.to_string();
-        let url = self.url();
-        let mut args: Vec<&OsStr> = vec![
-            "compute".as_ref(),
-            "mount".as_ref(),
-            "--mount".as_ref(),
-            dirs.mount.as_os_str(),
-            "--lower".as_ref(),
-            lower.as_os_str(),
-            "--upper".as_ref(),
-            dirs.upper.as_os_str(),
-            "--project".as_ref(),
-            url.as_ref(),
-            "--id".as_ref(),
-            id.as_ref(),
-            "--token-file".as_ref(),
-            self.token.as_os_str(),
-            "--interval-min".as_ref(),
-            "0.2".as_ref(),
-            "--interval-max".as_ref(),
-            "0.5".as_ref(),
-        ];
-        args.extend_from_slice(extra);
-        let mut daemon = self.spawn(&format!("mounted-{id}"), &args);
-        daemon.mountpoint = Some(dirs.mount.clone());
-        let started = Instant::now();
-        wait_for("the union to be mounted", Duration::from_secs(20), || {
-            assert!(
-                daemon.running(),
-                "compute mount exited after {:?}: {}",
-                started.elapsed(),
-                read(&daemon.log)
-            );
-            is_mounted(&dirs.mount) && std::fs::metadata(&dirs.mount).is_ok()
-        });
-        daemon
     }
 }

@@ -4,7 +4,25 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use unionsync_tests::{binary, fuse_available, is_mounted, wait_for};
+use unionsync_tests::{binary, detach, fuse_available, is_mounted, wait_for};
+
+/// Kills the demo (if still there) and detaches its mount on drop.
+struct Cleanup {
+    pid: u32,
+    mount: std::path::PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+        if is_mounted(&self.mount) {
+            detach(&self.mount);
+        }
+    }
+}
 
 #[test]
 fn the_demo_syncs_both_ways_and_unmounts_on_ctrl_c() {
@@ -30,6 +48,11 @@ fn the_demo_syncs_both_ways_and_unmounts_on_ctrl_c() {
         dir.path().join("mnt")
     } else {
         dir.path().join("compute/upper")
+    };
+    // Whatever happens below: no demo process or mount left behind.
+    let _cleanup = Cleanup {
+        pid: demo.id(),
+        mount: work.clone(),
     };
     let home = dir.path().join("project");
     wait_for(
