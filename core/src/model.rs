@@ -481,6 +481,7 @@ impl ComputeUnion {
         staged: &Staged,
     ) -> Result<Vec<(RelPath, Option<Meta>)>, Deferred> {
         let mut after = Vec::new();
+        let mut recreated = false;
         match op {
             ComputeOp::Remove { path, expect } => {
                 expect_node(&self.upper, path, Some(expect), self.hashes)?;
@@ -491,10 +492,11 @@ impl ComputeUnion {
             }
             ComputeOp::DropWhiteout { path } => {
                 // The plan saw a whiteout; the user may have created the
-                // path again since.
-                if self.upper.contains_key(path) {
-                    return Err(Deferred(format!("{path}: recreated since the plan")));
-                }
+                // path again since. The step only records that both sides
+                // agree the old entry is gone, which still holds: the new
+                // entry is a fresh change against "nothing there" (as the
+                // shell's compute store does).
+                recreated = self.upper.contains_key(path);
                 self.whiteouts.remove(path);
             }
             ComputeOp::Take { path, meta, expect } => {
@@ -532,6 +534,12 @@ impl ComputeUnion {
         ));
         for (path, _) in &after {
             self.journal_change(lower, path, true);
+        }
+        if recreated {
+            if let Some(entry) = self.journal.get_mut(op.path()) {
+                entry.by_sync = false;
+                entry.seen = None;
+            }
         }
         Ok(after)
     }

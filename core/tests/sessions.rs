@@ -33,6 +33,8 @@ struct Pair {
     project_events: Vec<ProjectEvent>,
     /// What `copy_in` delivered to the project, by path.
     copied_in: BTreeMap<RelPath, Vec<u8>>,
+    /// A change the user makes right before the next compute-side apply.
+    before_compute_apply: Option<Mutation>,
 }
 
 fn p(s: &str) -> RelPath {
@@ -75,6 +77,7 @@ impl Pair {
             index_updates: Vec::new(),
             project_events: Vec::new(),
             copied_in: BTreeMap::new(),
+            before_compute_apply: None,
         }
     }
 
@@ -162,6 +165,10 @@ impl Pair {
                 self.compute_staged.entry(path).or_default().extend(data);
             }
             ComputeIo::Apply { ops } => {
+                // The user, between the plan and the compute side's steps.
+                if let Some(m) = self.before_compute_apply.take() {
+                    self.compute_writes(m);
+                }
                 let staged = std::mem::take(&mut self.compute_staged);
                 let (mut deferred, mut after) = (Vec::new(), Vec::new());
                 for op in &ops {
@@ -662,4 +669,25 @@ fn copies_pending_when_the_connection_drops_fail() {
             .copy_in(p("g"), Meta::file(0o644, 1, 1), b"y".to_vec()),
         None
     );
+}
+
+/// Regression (found by the sshfs end-to-end suite, `make clean && make`
+/// while syncing): a file re-created while the sync pushing its deletion
+/// runs is a new file, not a conflict with our own pushed deletion.
+#[test]
+fn a_file_recreated_while_its_deletion_syncs_is_pushed_without_a_conflict() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    pair.compute_writes(Mutation::Write(p("build/x.o"), b"old".to_vec()));
+    pair.sync();
+    pair.compute_writes(Mutation::Remove(p("build/x.o")));
+    pair.before_compute_apply = Some(Mutation::Write(p("build/x.o"), b"new".to_vec()));
+    pair.sync();
+    pair.sync();
+    assert!(pair.home.conflicts.is_empty(), "{:?}", pair.home.conflicts);
+    assert_eq!(
+        pair.home.tree[&p("build/x.o")].content,
+        unionsync_core::model::Content::File(b"new".to_vec())
+    );
+    check_union_matches(&pair.union, &pair.home).unwrap();
 }
