@@ -457,9 +457,7 @@ impl ComputeStore for DiskComputeStore {
     async fn remote(&mut self, op: RemoteOp) -> StoreResult<Vec<RemoteEntry>> {
         match &self.mount {
             Some(mount) => crate::view_ops::perform(&mount.mountpoint, &op).map_err(StoreError),
-            None => Err(StoreError(
-                "this compute server runs without a mount: nothing to act on".into(),
-            )),
+            None => Err(crate::store::no_mounted_view()),
         }
     }
 

@@ -26,6 +26,11 @@ impl From<std::io::Error> for StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Why a compute store without a union cannot act on its view.
+pub fn no_mounted_view() -> StoreError {
+    StoreError("this compute server runs without a mount: it has no view to act on".into())
+}
+
 /// Result of applying one side's steps: the paths deferred (a precondition
 /// did not hold) and the state after of every path a step changed —
 /// including, on the compute side, ancestors a step copied into the upper,
@@ -66,9 +71,7 @@ pub trait ComputeStore {
     /// Act on the view for the project (`unionsync remote …`), through the
     /// union so the change is journaled like a user's.
     async fn remote(&mut self, _op: RemoteOp) -> StoreResult<Vec<RemoteEntry>> {
-        Err(StoreError(
-            "this compute server has no mounted view (it runs without a mount)".into(),
-        ))
+        Err(no_mounted_view())
     }
 }
 
