@@ -147,6 +147,29 @@ impl Meta {
         }
     }
 
+    /// Did the project's own observation `self` change since `seen`, its
+    /// view through a network mount (sshfs, NFS)? Such a mount reports
+    /// whole-second mtimes and a made-up ctime, so this compares kind,
+    /// mode, size, symlink target, a hash where both have one, and the mtime
+    /// at whole seconds; [`Meta::changed_since`] would call every file
+    /// changed.
+    pub fn changed_since_mount_view(&self, seen: &Meta) -> bool {
+        if self.kind != seen.kind {
+            return true;
+        }
+        match self.kind {
+            Kind::Dir => self.perm() != seen.perm(),
+            Kind::Symlink { .. } => false,
+            Kind::File => {
+                let secs = |ns: i64| ns.div_euclid(1_000_000_000);
+                self.perm() != seen.perm()
+                    || self.size != seen.size
+                    || matches!((self.hash, seen.hash), (Some(a), Some(b)) if a != b)
+                    || secs(self.mtime_ns) != secs(seen.mtime_ns)
+            }
+        }
+    }
+
     /// True when `self` differs from `earlier` (same machine) in its mode
     /// alone: a pure `chmod`. For a file that needs both hashes: a chmod
     /// bumps the ctime just as an edit does, so without hashes an edit that
@@ -246,6 +269,23 @@ mod tests {
         assert!(Meta::file(0o644, 3, 9).with_hash(H1).changed_since(&then));
         assert!(Meta::file(0o644, 3, 1).with_hash(H2).changed_since(&then));
         assert!(!Meta::file(0o644, 3, 1).with_hash(H1).changed_since(&then));
+    }
+
+    #[test]
+    fn a_mount_view_is_unchanged_despite_its_rounded_mtime_and_fake_ctime() {
+        let project = Meta::file(0o644, 3, 5_123_456_789).with_ctime(5_200_000_000);
+        let through_sshfs = Meta::file(0o644, 3, 5_000_000_000).with_ctime(5_000_000_000);
+        assert!(project.changed_since(&through_sshfs));
+        assert!(!project.changed_since_mount_view(&through_sshfs));
+    }
+
+    #[test]
+    fn a_mount_view_sees_edits_of_size_mode_and_whole_seconds() {
+        let seen = Meta::file(0o644, 3, 5_000_000_000);
+        assert!(Meta::file(0o644, 4, 5_100_000_000).changed_since_mount_view(&seen));
+        assert!(Meta::file(0o600, 3, 5_100_000_000).changed_since_mount_view(&seen));
+        assert!(Meta::file(0o644, 3, 6_000_000_000).changed_since_mount_view(&seen));
+        assert!(Meta::dir(0o755, 1).changed_since_mount_view(&seen));
     }
 
     #[test]

@@ -92,6 +92,10 @@ pub enum Mutation {
     Symlink(RelPath, Vec<u8>),
     /// Move a file or directory tree, replacing what is at the destination.
     Rename(RelPath, RelPath),
+    /// A write, chmod or rename of a lower path that the union journaled
+    /// but whose copy-up failed (the lower mount is down, the upper full):
+    /// the user got an error and nothing changed. (No-op in the project.)
+    FailedCopyUp(RelPath),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -344,6 +348,11 @@ impl ComputeUnion {
     }
 
     pub fn mutate(&mut self, lower: &Tree, mutation: &Mutation) {
+        if let Mutation::FailedCopyUp(path) = mutation {
+            // Journaled before the copy-up, as the FUSE handlers do.
+            self.note(lower, path);
+            return;
+        }
         mutate(&mut ComputeFs { union: self, lower }, mutation);
     }
 
@@ -400,21 +409,19 @@ impl ComputeUnion {
             .insert(path.clone(), JournalEntry { seen, seq, by_sync });
     }
 
-    /// The upper's state of `path`: an entry, a whiteout, or nothing.
-    pub fn reported(&self, path: &RelPath) -> Option<Reported> {
-        if let Some(node) = self.upper.get(path) {
-            Some(Reported::Present(node.meta(self.hashes)))
-        } else if self.whiteouts.contains(path) {
-            Some(Reported::Deleted)
-        } else {
-            None
-        }
+    /// The upper's state of `path`: an entry, a whiteout, or neither (the
+    /// union shows the lower).
+    pub fn reported(&self, path: &RelPath) -> Reported {
+        Reported::observe(
+            self.upper.get(path).map(|node| node.meta(self.hashes)),
+            self.whiteouts.contains(path),
+        )
     }
 
     /// What the compute side sends: journaled paths (or, `full`, every
     /// upper entry and whiteout) with every ancestor the upper holds, and
     /// the journal mark for the commit. A journaled path with neither entry
-    /// nor whiteout (created and removed again) is reported deleted.
+    /// nor whiteout is reported as showing the lower: never a deletion.
     /// Ancestors go along because only the compute side knows for sure what
     /// its upper holds: a project-side base can lag behind it after a sync
     /// that never committed.
@@ -438,8 +445,9 @@ impl ComputeUnion {
             .into_iter()
             .map(|path| Change {
                 path: path.clone(),
-                state: self.reported(path).unwrap_or(Reported::Deleted),
+                state: self.reported(path),
                 seen: self.journal.get(path).and_then(|e| e.seen.clone()),
+                seen_via_mount: false,
             })
             .collect();
         (self.seq, changes)
@@ -694,6 +702,8 @@ fn mutate(fs: &mut impl Fs, mutation: &Mutation) {
             mkdir_p(fs, path);
         }
         Mutation::Remove(path) => remove_tree(fs, path),
+        // Changes nothing on either side (the compute union journals it).
+        Mutation::FailedCopyUp(_) => {}
         Mutation::Chmod(path, mode) => {
             if let Some(mut node) = fs.get(path) {
                 if !matches!(node.content, Content::Symlink(_)) {
@@ -820,7 +830,7 @@ impl World {
             .iter()
             .filter(|p| {
                 needs_project_subtree(
-                    self.compute.reported(p).as_ref(),
+                    Some(&self.compute.reported(p)),
                     self.project.meta(p).as_ref(),
                 )
             })
@@ -833,7 +843,8 @@ impl World {
                 let input = PathInput {
                     base: self.base.get(&path).cloned(),
                     seen: self.compute.journal.get(&path).and_then(|e| e.seen.clone()),
-                    compute: self.compute.reported(&path),
+                    seen_via_mount: false,
+                    compute: Some(self.compute.reported(&path)),
                     project: self.project.meta(&path),
                 };
                 (path, input)

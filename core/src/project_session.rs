@@ -782,9 +782,11 @@ impl ProjectSession {
             .project
             .iter()
             .map(|(path, project)| {
+                let change = flight.changes.get(path);
                 let input = PathInput {
                     base: self.base.get(path).cloned(),
-                    seen: flight.changes.get(path).and_then(|c| c.seen.clone()),
+                    seen: change.and_then(|c| c.seen.clone()),
+                    seen_via_mount: change.is_some_and(|c| c.seen_via_mount),
                     compute: self.compute_report(&flight, path),
                     project: project.clone(),
                 };

@@ -51,12 +51,42 @@ impl BaseEntry {
 }
 
 /// What the compute side reports for a path it changed or holds.
+///
+/// Built by [`Reported::observe`] from what its disk holds, so that a
+/// deletion is only ever a durable whiteout: **absence is never a
+/// deletion**.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reported {
     /// The path is in the upper layer with this metadata.
     Present(Meta),
-    /// The path is whited out: deleted through the union.
+    /// The path is whited out: a user deleted it through the union.
     Deleted,
+    /// Neither an upper entry nor a whiteout: the union shows the lower's
+    /// version here (a copy-up that failed, a state that could not be read,
+    /// an entry created and removed again before any sync saw it, a sync's
+    /// own removal). No change of the compute side, whatever the base says.
+    Lower,
+}
+
+impl Reported {
+    /// The report for a path whose upper entry is `upper` and whose
+    /// whiteout marker exists when `whiteout`. The upper entry wins (a
+    /// whiteout beneath it only hides the lower).
+    pub fn observe(upper: Option<Meta>, whiteout: bool) -> Reported {
+        match (upper, whiteout) {
+            (Some(meta), _) => Reported::Present(meta),
+            (None, true) => Reported::Deleted,
+            (None, false) => Reported::Lower,
+        }
+    }
+
+    /// The upper entry's metadata, if the report is one.
+    pub fn present(&self) -> Option<&Meta> {
+        match self {
+            Reported::Present(meta) => Some(meta),
+            Reported::Deleted | Reported::Lower => None,
+        }
+    }
 }
 
 /// Everything known about one path when a sync is planned.
@@ -67,6 +97,11 @@ pub struct PathInput {
     /// lower just before it first changed the path (copy-up or delete). It is
     /// a project-clock observation, so it is compared with project now.
     pub seen: Option<Meta>,
+    /// `seen` was read through the lower mount rather than from the
+    /// project's own metadata (its index): network filesystems round mtimes
+    /// to seconds and fake ctimes, so it is compared only at that precision
+    /// ([`Meta::changed_since_mount_view`]).
+    pub seen_via_mount: bool,
     /// The compute side's report; `None` when it reported nothing, in which
     /// case its union shows the lower (or hides the path under a deleted or
     /// replaced ancestor).
@@ -94,7 +129,7 @@ pub fn needs_project_subtree(compute: Option<&Reported>, project: Option<&Meta>)
     let compute_not_dir = match compute {
         Some(Reported::Deleted) => true,
         Some(Reported::Present(m)) => !m.is_dir(),
-        None => false,
+        Some(Reported::Lower) | None => false,
     };
     project_dir && compute_not_dir
 }
@@ -241,8 +276,8 @@ pub(crate) fn resolve(inputs: &Inputs) -> Result<Resolved<'_>, InputError> {
         let view = match &input.compute {
             Some(Reported::Present(_)) => ComputeView::Upper,
             Some(Reported::Deleted) => ComputeView::Whiteout,
-            None if parent_hides => ComputeView::Hidden,
-            None => ComputeView::Lower,
+            Some(Reported::Lower) | None if parent_hides => ComputeView::Hidden,
+            Some(Reported::Lower) | None => ComputeView::Lower,
         };
         if parent.is_some() && input.project.is_some() && !is_dir(parent_project) {
             return Err(InputError::ProjectNotATree { path: path.clone() });
@@ -336,6 +371,9 @@ fn decide(input: &PathInput, view: ComputeView) -> Resolution {
     };
     let project_changed = match (&input.base, &input.seen) {
         (Some(base), _) => project_now.is_none_or(|now| now.changed_since(&base.project)),
+        (None, Some(seen)) if input.seen_via_mount => {
+            project_now.is_none_or(|now| now.changed_since_mount_view(seen))
+        }
         (None, Some(seen)) => project_now.is_none_or(|now| now.changed_since(seen)),
         (None, None) => project_now.is_some(),
     };

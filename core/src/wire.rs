@@ -39,7 +39,7 @@ use crate::plan::ComputeOp;
 use crate::reconcile::Reported;
 
 /// Bumped on any incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Largest frame accepted (file data comes in chunks far below this).
 pub const MAX_MESSAGE_LEN: usize = 16 << 20;
 /// Size of the file data chunks senders cut files into.
@@ -52,6 +52,9 @@ pub struct Change {
     pub path: RelPath,
     pub state: Reported,
     pub seen: Option<Meta>,
+    /// `seen` came through the lower mount, not the project's index (see
+    /// [`crate::PathInput::seen_via_mount`]).
+    pub seen_via_mount: bool,
 }
 
 /// An operation the project asks of a compute server's view (through its
@@ -301,6 +304,7 @@ mod tests {
                 path: RelPath::new(&b"--odd\nname\xff"[..]).unwrap(),
                 state: Reported::Present(Meta::file(0o644, 5, 1).with_ctime(2)),
                 seen: Some(Meta::symlink("t", 9)),
+                seen_via_mount: true,
             }],
         }
     }

@@ -38,6 +38,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         1 => (path(), mode).prop_map(|(p, m)| Mutation::Chmod(p, m)),
         1 => (path(), target).prop_map(|(p, t)| Mutation::Symlink(p, t.to_vec())),
         1 => (path(), path()).prop_map(|(a, b)| Mutation::Rename(a, b)),
+        1 => path().prop_map(Mutation::FailedCopyUp),
     ]
 }
 

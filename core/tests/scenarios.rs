@@ -80,6 +80,20 @@ impl In {
         self
     }
 
+    /// The compute side holds neither an entry nor a whiteout: its union
+    /// shows the lower (a copy-up that failed, say).
+    fn shows_lower(mut self) -> Self {
+        self.0.compute = Some(Reported::Lower);
+        self
+    }
+
+    /// `seen` was read through the lower mount (coarse metadata).
+    fn seen_via_mount(mut self, project: Meta) -> Self {
+        self.0.seen = Some(project);
+        self.0.seen_via_mount = true;
+        self
+    }
+
     /// The project's state now.
     fn project(mut self, project: Meta) -> Self {
         self.0.project = Some(project);
@@ -783,4 +797,81 @@ fn compute_chmod_without_hashes_ships_the_content() {
         plan.project_ops.as_slice(),
         [ProjectOp::Write { meta, .. }] if meta.perm() == 0o755
     ));
+}
+
+// ---------------------------------------------------------------------------
+// Absence is never a deletion.
+
+#[test]
+fn a_path_whose_copy_up_failed_is_no_change_and_the_project_keeps_it() {
+    let plan = plan([(
+        p("f5.txt"),
+        input()
+            .seen(file(0o644, 13, P1))
+            .shows_lower()
+            .project(file(0o644, 13, P1)),
+    )]);
+    assert_eq!(decision(&plan, "f5.txt"), Decision::Nothing);
+    assert!(plan.project_ops.is_empty(), "{plan}");
+    assert!(plan.compute_ops.is_empty(), "{plan}");
+}
+
+#[test]
+fn a_synced_path_missing_from_the_upper_without_a_whiteout_is_not_deleted() {
+    let plan = plan([(
+        p("synced"),
+        input()
+            .base(file(0o644, 4, C1), file(0o644, 4, P1))
+            .shows_lower()
+            .project(file(0o644, 4, P1)),
+    )]);
+    assert_eq!(decision(&plan, "synced"), Decision::Nothing);
+    assert!(plan.project_ops.is_empty(), "{plan}");
+    assert!(plan.compute_ops.is_empty(), "{plan}");
+    assert_eq!(final_state(&plan, "synced"), Some(file(0o644, 4, P1)));
+}
+
+#[test]
+fn a_project_edit_of_a_path_showing_the_lower_needs_no_step_on_either_side() {
+    let plan = plan([(
+        p("f"),
+        input()
+            .base(file(0o644, 4, C1), file(0o644, 4, P1))
+            .shows_lower()
+            .project(file(0o644, 9, P2)),
+    )]);
+    assert_eq!(decision(&plan, "f"), Decision::Pull);
+    assert!(
+        plan.project_ops.is_empty() && plan.compute_ops.is_empty(),
+        "{plan}"
+    );
+}
+
+#[test]
+fn an_edit_over_a_lower_file_seen_through_sshfs_is_pushed_without_a_conflict() {
+    // sshfs showed whole seconds and ctime = mtime; the project's own stat
+    // of the same, unchanged file has nanoseconds and a real ctime.
+    let through_sshfs = Meta::file(0o644, 4, 5_000_000_000).with_ctime(5_000_000_000);
+    let project = Meta::file(0o644, 4, 5_123_456_789).with_ctime(5_200_000_000);
+    let plan = plan([(
+        p("n.txt"),
+        input()
+            .seen_via_mount(through_sshfs)
+            .upper(file(0o644, 11, C2))
+            .project(project),
+    )]);
+    assert_eq!(decision(&plan, "n.txt"), Decision::Push);
+}
+
+#[test]
+fn a_project_edit_after_an_sshfs_observation_still_wins_a_conflict() {
+    let through_sshfs = Meta::file(0o644, 4, 5_000_000_000).with_ctime(5_000_000_000);
+    let plan = plan([(
+        p("n.txt"),
+        input()
+            .seen_via_mount(through_sshfs)
+            .upper(file(0o644, 11, C2))
+            .project(Meta::file(0o644, 4, 7_000_000_000)),
+    )]);
+    assert_eq!(decision(&plan, "n.txt"), Decision::Conflict);
 }

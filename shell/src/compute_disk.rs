@@ -27,7 +27,7 @@ use crate::beneath::{is_absent, Root};
 use crate::persist;
 use crate::staging::{deferral, finish_dirs, still_matches, Deferred, Staging, StepResult};
 use crate::store::{Applied, ComputeStore, StoreError, StoreResult};
-use crate::union::journal::SharedJournal;
+use crate::union::journal::{Seen, SharedJournal};
 use crate::union::layers::is_local_only;
 use crate::union::MountLink;
 
@@ -64,7 +64,7 @@ impl ComputeDirs {
 struct ComputeState {
     epoch: u64,
     recorded: Vec<(RelPath, Reported)>,
-    seen: Vec<(RelPath, Option<Meta>)>,
+    seen: Vec<(RelPath, Seen)>,
 }
 
 /// The whiteout marker of `path` inside the whiteouts directory.
@@ -98,7 +98,7 @@ pub struct DiskComputeStore {
     /// For changed paths with no record: what the lower showed when a scan
     /// first noticed the change. Kept until a commit covers the path, so a
     /// crash before that cannot replace it with a later project state.
-    seen: BTreeMap<RelPath, Option<Meta>>,
+    seen: BTreeMap<RelPath, Seen>,
     /// The live mount, when there is one: changes come from its journal,
     /// not a scan, and steps are applied under its lock.
     mount: Option<MountLink>,
@@ -107,7 +107,7 @@ pub struct DiskComputeStore {
     recovering: bool,
     /// The state of every path of the sync in flight: as scanned, then as a
     /// step left it; recorded for the paths its commit names.
-    pending: BTreeMap<RelPath, Option<Reported>>,
+    pending: BTreeMap<RelPath, Reported>,
     /// Paths whose whiteout the sync dropped while the user re-created them.
     recreated: Vec<RelPath>,
 }
@@ -177,16 +177,32 @@ impl DiskComputeStore {
     /// it was just noted). A project change made between the user's change
     /// and that scan passes for what was replaced; the mount's journal notes
     /// it at the moment of the change instead.
-    fn seen(&mut self, path: &RelPath, fresh: &mut bool) -> io::Result<Option<Meta>> {
+    fn seen(
+        &mut self,
+        path: &RelPath,
+        journaled: Option<&Seen>,
+        fresh: &mut bool,
+    ) -> io::Result<Seen> {
         if self.recorded.contains_key(path) {
-            return Ok(None);
+            return Ok(Seen::nothing());
         }
         if let Some(seen) = self.seen.get(path) {
             return Ok(seen.clone());
         }
-        let seen = match &self.lower {
-            Some(lower) => lower.stat(path)?,
-            None => None,
+        if let Some(seen) = journaled {
+            self.seen.insert(path.clone(), seen.clone());
+            *fresh = true;
+            return Ok(seen.clone());
+        }
+        // The project's own metadata (its index) where the mount has it:
+        // the lower mount's is coarse (sshfs: whole seconds, fake ctime).
+        let seen = match (&self.mount, &self.lower) {
+            (Some(mount), _) => mount.lower_seen(path)?,
+            (None, Some(lower)) => Seen {
+                meta: lower.stat(path)?,
+                via_mount: true,
+            },
+            (None, None) => Seen::nothing(),
         };
         self.seen.insert(path.clone(), seen.clone());
         *fresh = true;
@@ -197,24 +213,23 @@ impl DiskComputeStore {
     /// its state in the upper now and what the lower showed before.
     fn journal_changes(&mut self, journal: &SharedJournal) -> io::Result<(u64, Vec<Change>)> {
         let (mark, journaled) = journal.lock().changes();
-        let mut seen: BTreeMap<RelPath, Option<Meta>> = journaled.into_iter().collect();
+        let mut seen: BTreeMap<RelPath, Seen> = journaled.into_iter().collect();
         let ancestors: BTreeSet<RelPath> = seen.keys().flat_map(|p| p.ancestors()).collect();
         for ancestor in ancestors {
             if !seen.contains_key(&ancestor) && self.upper.stat(&ancestor)?.is_some() {
-                seen.insert(ancestor, None);
+                seen.insert(ancestor, Seen::nothing());
             }
         }
         let mut changes = Vec::with_capacity(seen.len());
         for (path, seen) in seen {
             let state = self.reported(&path)?;
+            if state == Reported::Lower && seen.meta.is_some() {
+                // The user touched a lower path and nothing came of it: a
+                // copy-up that failed (lower down, upper full). No change.
+                tracing::info!(%path, "changed through the mount but neither copied up nor deleted: no change");
+            }
             self.pending.insert(path.clone(), state.clone());
-            // With a record the base decides; `seen` matters only without.
-            let seen = seen.filter(|_| !self.recorded.contains_key(&path));
-            changes.push(Change {
-                path,
-                state: state.unwrap_or(Reported::Deleted),
-                seen,
-            });
+            changes.push(self.change(path, state, seen));
         }
         Ok((mark, changes))
     }
@@ -236,15 +251,27 @@ impl DiskComputeStore {
         persist::save(&self.state, STATE_FILE, &state)
     }
 
-    /// The upper's state of one path: an entry, a whiteout, or nothing.
-    fn reported(&self, path: &RelPath) -> io::Result<Option<Reported>> {
-        if let Some(meta) = self.upper.stat(path)? {
-            return Ok(Some(Reported::Present(meta)));
+    /// The upper's state of one path: an entry, a whiteout, or neither
+    /// (the union shows the lower: never a deletion).
+    fn reported(&self, path: &RelPath) -> io::Result<Reported> {
+        let upper = self.upper.stat(path)?;
+        let whiteout = upper.is_none() && self.whiteouts.stat(&whiteout_marker(path)?)?.is_some();
+        Ok(Reported::observe(upper, whiteout))
+    }
+
+    /// The change to report for `path`; `seen` matters only where no
+    /// record exists (with one, the base decides).
+    fn change(&self, path: RelPath, state: Reported, seen: Seen) -> Change {
+        let seen = match self.recorded.contains_key(&path) {
+            true => Seen::nothing(),
+            false => seen,
+        };
+        Change {
+            path,
+            state,
+            seen: seen.meta,
+            seen_via_mount: seen.via_mount,
         }
-        Ok(self
-            .whiteouts
-            .stat(&whiteout_marker(path)?)?
-            .map(|_| Reported::Deleted))
     }
 
     fn remove_whiteout(&self, path: &RelPath) -> io::Result<()> {
@@ -400,15 +427,18 @@ impl ComputeStore for DiskComputeStore {
             .collect();
         paths.extend(ancestors);
         let paths: Vec<RelPath> = paths.into_iter().cloned().collect();
+        let journaled: BTreeMap<RelPath, Seen> = journaled.into_iter().collect();
         let mut changes = Vec::with_capacity(paths.len());
         let mut fresh = false;
         for path in paths {
-            let state = now.get(&path).cloned();
-            changes.push(Change {
-                seen: self.seen(&path, &mut fresh)?,
-                state: state.clone().unwrap_or(Reported::Deleted),
-                path: path.clone(),
-            });
+            let state = now.get(&path).cloned().unwrap_or(Reported::Lower);
+            if state == Reported::Lower && self.recorded.contains_key(&path) {
+                // Recorded, yet neither in the upper nor whited out: not a
+                // user's deletion (that leaves a whiteout). No change.
+                tracing::info!(%path, "synced entry missing from the upper without a whiteout: no change");
+            }
+            let seen = self.seen(&path, journaled.get(&path), &mut fresh)?;
+            changes.push(self.change(path.clone(), state.clone(), seen));
             self.pending.insert(path, state);
         }
         if fresh {
@@ -446,7 +476,7 @@ impl ComputeStore for DiskComputeStore {
                 // A sync that never commits must report these again; an
                 // entry the user re-created must be reported after it too.
                 let by_sync = !self.recreated.contains(path);
-                journal.note(path, by_sync, || None);
+                journal.note(path, by_sync, Seen::nothing);
             }
             applied
         };
@@ -486,6 +516,7 @@ impl ComputeStore for DiskComputeStore {
 
 impl DiskComputeStore {
     fn apply_steps(&mut self, ops: &[ComputeOp]) -> io::Result<Applied> {
+        self.staging.make_durable()?;
         self.recreated.clear();
         let mut applied = Applied::default();
         let mut done: Vec<RelPath> = Vec::new();
@@ -511,14 +542,11 @@ impl DiskComputeStore {
         let recreated = &self.recreated;
         for path in done {
             let state = self.reported(&path)?;
-            let meta = match &state {
-                Some(Reported::Present(meta)) => Some(meta.clone()),
-                _ => None,
-            };
+            let meta = state.present().cloned();
             // A re-created entry is recorded as what was agreed (nothing), so
             // that a scan reports it as new.
             let recorded = if recreated.contains(&path) {
-                None
+                Reported::Lower
             } else {
                 state
             };
@@ -528,8 +556,9 @@ impl DiskComputeStore {
         Ok(applied)
     }
 
-    /// Records the committed paths' states; returns them (`None`: absent
-    /// or whited out), which both sides now agree on.
+    /// Records the committed paths' states; returns those both sides now
+    /// agree on (`None`: whited out). A path showing the lower is left out:
+    /// whatever the project has there stands.
     fn commit_recorded(
         &mut self,
         epoch: u64,
@@ -543,15 +572,15 @@ impl DiskComputeStore {
                 Some(state) => state,
                 None => self.reported(path)?,
             };
-            let meta = match &state {
-                Some(Reported::Present(meta)) => Some(meta.clone()),
-                _ => None,
-            };
-            agreed.push((path.clone(), meta));
             match state {
-                Some(state) => self.recorded.insert(path.clone(), state),
-                None => self.recorded.remove(path),
-            };
+                Reported::Lower => {
+                    self.recorded.remove(path);
+                }
+                state => {
+                    agreed.push((path.clone(), state.present().cloned()));
+                    self.recorded.insert(path.clone(), state);
+                }
+            }
             self.seen.remove(path);
         }
         self.pending.clear();

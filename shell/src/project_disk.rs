@@ -269,6 +269,7 @@ impl ProjectStore for DiskProjectStore {
         skipped: &[RelPath],
     ) -> StoreResult<Applied> {
         let stamp = conflict_stamp(sync);
+        self.staging(compute_id)?.make_durable()?;
         let mut applied = Applied::default();
         let mut done: Vec<RelPath> = Vec::new();
         let mut dirs = Vec::new();

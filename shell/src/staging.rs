@@ -132,6 +132,17 @@ impl Staging {
         Ok(())
     }
 
+    /// Puts what was staged on disk before any of it is renamed into
+    /// place: after a power loss a renamed file must hold its content, not
+    /// nothing (the next scan would take an empty file for an edit). One
+    /// `syncfs` per sync, not one fsync per file.
+    pub fn make_durable(&self) -> io::Result<()> {
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        self.dir.sync_filesystem()
+    }
+
     /// Forgets everything staged (a new sync starts).
     pub fn clear(&mut self) -> io::Result<()> {
         self.receiving = None;

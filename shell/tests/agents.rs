@@ -53,6 +53,7 @@ impl ComputeStore for FakeCompute {
             path: path.clone(),
             state: Reported::Present(meta.clone()),
             seen: None,
+            seen_via_mount: false,
         });
         Ok((0, changes.collect()))
     }

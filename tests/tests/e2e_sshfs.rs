@@ -1172,3 +1172,106 @@ fn a_full_project_disk_is_a_clear_error_that_loses_nothing_and_heals_when_space_
     }
     rig.assert_no_conflicts();
 }
+
+/// Every file of the home with its content (the project's own truth).
+fn home_files(home: &Path) -> BTreeMap<Vec<u8>, Entry> {
+    view(home)
+        .into_iter()
+        .filter(|(_, entry)| matches!(entry, Entry::File { .. }))
+        .collect()
+}
+
+/// Regression (issue "never lose a byte"): with the ssh session under
+/// sshfs gone, writes, a chmod, a truncate and a tree rename of lower files
+/// fail with EIO because nothing can be copied up. They were journaled
+/// before the copy-up, reported as deletions, and the next sync removed
+/// every one of those files from the project.
+#[test]
+fn changes_to_lower_files_that_fail_while_sshfs_is_down_delete_nothing() {
+    require_tools!();
+    let mut rig = Rig::new(None, |home| {
+        for i in 0..8 {
+            write(&home.join(format!("keep/f{i}.txt")), b"project data\n");
+        }
+        for i in 0..20 {
+            write(&home.join(format!("keep/tree/t{i}.txt")), &noise(i, 2_000));
+        }
+    });
+    rig.wait_converged(CONVERGE);
+    let before = home_files(&rig.scene.home);
+    rig.sshd.stop();
+
+    let timeout = Duration::from_secs(30);
+    let fails = |what: &str, path: PathBuf, op: fn(&Path) -> std::io::Result<()>| {
+        let result = within(what, timeout, move || op(&path));
+        let error = result.expect_err(what);
+        assert_eq!(error.raw_os_error(), Some(5), "{what}: EIO, got {error}");
+    };
+    fails("append", rig.mnt("keep/f5.txt"), |p| {
+        let mut file = std::fs::OpenOptions::new().append(true).open(p)?;
+        std::io::Write::write_all(&mut file, b"more\n")
+    });
+    fails("chmod", rig.mnt("keep/f6.txt"), |p| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
+    });
+    fails("truncate", rig.mnt("keep/f7.txt"), |p| {
+        std::fs::OpenOptions::new().write(true).open(p)?.set_len(0)
+    });
+    let tree = rig.mnt("keep/tree");
+    fails("rename of a lower tree", tree.clone(), |p| {
+        std::fs::rename(p, p.with_file_name("tree2"))
+    });
+
+    // The sync connection is up: two syncs run while the lower is down.
+    rig.cli(&["sync", "--wait"]);
+    rig.cli(&["sync", "--wait"]);
+    let after = home_files(&rig.scene.home);
+    assert_eq!(
+        after,
+        before,
+        "the project changed although nothing was:\n{}",
+        difference(&after, &before)
+    );
+
+    rig.sshd.start();
+    rig.wait_converged(CONVERGE);
+    assert_eq!(home_files(&rig.scene.home), before);
+    rig.assert_no_conflicts();
+}
+
+/// Regression: lower files edited through the mount, the compute daemon
+/// killed with -9 before it synced them, then restarted. The recovery scan
+/// took what the edits replaced through sshfs (whole-second mtimes, ctime =
+/// mtime), so the project looked changed: every edit went to the conflicts
+/// area and the mount went back to the old content.
+#[test]
+fn edits_of_lower_files_survive_a_kill_9_before_their_sync_without_conflicts() {
+    require_tools!();
+    let mut rig = Rig::new(None, |home| {
+        for i in 0..3 {
+            write(&home.join(format!("notes/n{i}.txt")), b"old\n");
+        }
+    });
+    rig.wait_converged(CONVERGE);
+    // No sync can take the edits before the crash.
+    rig.kill_project();
+    for i in 0..3 {
+        let path = rig.mnt(&format!("notes/n{i}.txt"));
+        let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        std::io::Write::write_all(&mut file, b"edited\n").unwrap();
+    }
+    if let Some(compute) = rig.compute.take() {
+        compute.kill();
+    }
+    rig.start_project();
+    let lower = rig._sshfs.mountpoint.clone();
+    rig.compute = Some(rig.scene.start_compute_mount_over(&rig.m, &lower, &[]));
+
+    wait_for("the edits in the project", CONVERGE, || {
+        (0..3).all(|i| {
+            read(&rig.home(&format!("notes/n{i}.txt"))).as_deref() == Some(b"old\nedited\n")
+        })
+    });
+    rig.wait_converged(CONVERGE);
+    rig.assert_no_conflicts();
+}

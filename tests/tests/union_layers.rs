@@ -470,7 +470,7 @@ fn the_journal_lists_exactly_the_changed_paths() {
     let (_, changes) = scene.mounted().journal.lock().changes();
     let got: BTreeMap<String, Option<Meta>> = changes
         .into_iter()
-        .map(|(p, m)| (p.to_string(), m))
+        .map(|(p, seen)| (p.to_string(), seen.meta))
         .collect();
     assert_eq!(got, expected);
 }

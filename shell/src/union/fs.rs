@@ -335,10 +335,30 @@ impl UnionFs {
         if layers.is_local_only(path) {
             return;
         }
+        // An unreadable lower counts as "nothing seen": the project's
+        // version then wins a conflict, and this side's is preserved.
         self.journal
             .lock()
-            .note(path, false, || layers.lower_meta(path).ok().flatten());
+            .note(path, false, || layers.lower_seen(path).unwrap_or_default());
         self.journal.changed();
+    }
+
+    /// Journals the creation of `path` over nothing in either layer.
+    fn note_created(&self, path: &RelPath) {
+        if self.layers.is_local_only(path) {
+            return;
+        }
+        self.journal.lock().note_created(path);
+        self.journal.changed();
+    }
+
+    /// Whether removing `path` from the union must leave a whiteout: always,
+    /// unless it exists only here (created over nothing since the last sync
+    /// collected changes). A deletion is synced only from a whiteout, so a
+    /// path that a sync may have pushed meanwhile, or that the lower shows
+    /// (the index may lag behind a push), gets one.
+    fn removal_needs_whiteout(&self, path: &RelPath, in_lower: bool) -> bool {
+        !self.layers.is_local_only(path) && (in_lower || !self.journal.lock().created_here(path))
     }
 
     /// `path` and everything below it in the union, parents first.
@@ -384,7 +404,7 @@ impl UnionFs {
         if self.layers.resolve(path).map_err(errno)?.is_some() {
             return Err(Errno::EEXIST);
         }
-        self.note(path);
+        self.note_created(path);
         self.layers
             .upper_dirs(path.parent().as_ref())
             .map_err(errno)?;
@@ -624,16 +644,27 @@ impl UnionFs {
             }
             _ => {}
         }
-        self.note(path);
         let in_lower = self.layers.lower_view(path).map_err(errno)?.is_some();
+        let whiteout = self.removal_needs_whiteout(path, in_lower);
+        self.note(path);
+        // The whiteout first: a crash in between leaves the upper entry,
+        // which shows over it, rather than a deletion nobody recorded.
+        let fresh_whiteout = whiteout && !self.layers.is_whiteout(path).map_err(errno)?;
+        if fresh_whiteout {
+            self.layers.whiteout(path).map_err(errno)?;
+        }
         if layer == Layer::Upper {
-            self.layers.upper.remove(path, dir).map_err(errno)?;
+            if let Err(error) = self.layers.upper.remove(path, dir) {
+                // Nothing was removed: nor is the lower hidden (a whiteout
+                // under an upper directory would make it opaque).
+                if fresh_whiteout {
+                    let _ = self.layers.remove_whiteout(path);
+                }
+                return Err(errno(error));
+            }
         }
         if dir {
             self.layers.clear_whiteouts_below(path).map_err(errno)?;
-        }
-        if in_lower {
-            self.layers.whiteout(path).map_err(errno)?;
         }
         lock(&self.inodes).forget_path(path);
         Ok(())
@@ -667,18 +698,23 @@ impl UnionFs {
                 _ => {}
             }
         }
+        let from_in_lower = self.layers.lower_view(from).map_err(errno)?.is_some();
+        let to_in_lower = self.layers.lower_view(to).map_err(errno)?.is_some();
+        let whiteout_from = self.removal_needs_whiteout(from, from_in_lower);
         let moved = self.subtree(from)?;
         for old in &moved {
+            // What existed only here still does at its new name.
+            let only_here = !to_in_lower && self.journal.lock().created_here(old);
             self.note(old);
             let rest = &old.as_bytes()[from.as_bytes().len()..];
             let mut new = to.as_bytes().to_vec();
             new.extend_from_slice(rest);
-            if let Ok(new) = RelPath::new(new) {
-                self.note(&new);
+            match RelPath::new(new) {
+                Ok(new) if only_here => self.note_created(&new),
+                Ok(new) => self.note(&new),
+                Err(_) => {}
             }
         }
-        let from_in_lower = self.layers.lower_view(from).map_err(errno)?.is_some();
-        let to_in_lower = self.layers.lower_view(to).map_err(errno)?.is_some();
         if is_dir(&source) {
             self.layers.copy_up_tree(from).map_err(errno)?;
         } else {
@@ -692,7 +728,7 @@ impl UnionFs {
             .rename(from, to, rustix::fs::RenameFlags::empty())
             .map_err(errno)?;
         self.layers.clear_whiteouts_below(from).map_err(errno)?;
-        if from_in_lower {
+        if whiteout_from {
             self.layers.whiteout(from).map_err(errno)?;
         }
         if to_in_lower {

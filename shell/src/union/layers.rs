@@ -27,6 +27,7 @@ use crate::beneath::{is_absent, meta_of, Root};
 use crate::compute_disk::whiteout_marker;
 
 use super::index::{stat_of, LowerIndex};
+use super::journal::Seen;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layer {
@@ -209,14 +210,26 @@ impl Layers {
     }
 
     /// What the lower shows at `path` through the union, as sync metadata
-    /// (what the journal records as seen before a first change).
-    pub fn lower_meta(&self, path: &RelPath) -> io::Result<Option<Meta>> {
+    /// (what the journal records as seen before a first change): the
+    /// project's own metadata from its index, else the lower mount's.
+    pub fn lower_seen(&self, path: &RelPath) -> io::Result<Seen> {
         if self.is_local_only(path) || self.known_absent(path) || self.lower_hidden(path)? {
-            return Ok(None);
+            return Ok(Seen::nothing());
         }
         if let Some((index, _)) = self.read_index().as_ref() {
-            return Ok(index.get(path).cloned());
+            return Ok(Seen {
+                meta: index.get(path).cloned(),
+                via_mount: false,
+            });
         }
+        Ok(Seen {
+            meta: self.lower_mount_meta(path)?,
+            via_mount: true,
+        })
+    }
+
+    /// `path` as the lower mount itself shows it.
+    fn lower_mount_meta(&self, path: &RelPath) -> io::Result<Option<Meta>> {
         let Some(stat) = self.lower.lstat(path)? else {
             return Ok(None);
         };
@@ -454,11 +467,8 @@ impl Layers {
                 self.copy_times(path, &stat)?;
             }
             rustix::fs::FileType::RegularFile => {
-                let mut source = self.lower.open_file(path)?;
                 let temp = self.temp_name();
-                let mut copy = self.tmp.create_file(&temp)?;
-                std::io::copy(&mut source, &mut copy)?;
-                drop(copy);
+                self.copy_from_lower(path, &temp)?;
                 self.tmp.chmod(&temp, stat.st_mode & 0o7777)?;
                 self.upper.rename_from(&self.tmp, &temp, path, true)?;
                 self.copy_xattrs(path)?;
@@ -467,6 +477,23 @@ impl Layers {
             _ => return Err(io::Error::from(Errno::PERM)),
         }
         Ok(())
+    }
+
+    /// Copies the lower's file `path` to the temp file `temp`, durably: it
+    /// is renamed into the upper next, and after a power loss the upper must
+    /// not hold an empty or torn copy that a recovery scan would take for
+    /// the user's edit. (A temp file that fails half-way is removed.)
+    fn copy_from_lower(&self, path: &RelPath, temp: &RelPath) -> io::Result<()> {
+        let copied = (|| {
+            let mut source = self.lower.open_file(path)?;
+            let mut copy = self.tmp.create_file(temp)?;
+            std::io::copy(&mut source, &mut copy)?;
+            copy.sync_data()
+        })();
+        if copied.is_err() {
+            let _ = self.tmp.remove(temp, false);
+        }
+        copied
     }
 
     /// The first half of caching a lower file that was read: a private copy
@@ -483,10 +510,7 @@ impl Layers {
             return Ok(None);
         }
         let temp = self.temp_name();
-        let mut source = self.lower.open_file(path)?;
-        let mut copy = self.tmp.create_file(&temp)?;
-        std::io::copy(&mut source, &mut copy)?;
-        drop(copy);
+        self.copy_from_lower(path, &temp)?;
         // The index is the project's word, the content came through the
         // mount: a mount that lags behind the index may have served older
         // bytes, which must not become a clean copy. (Seconds only: sshfs
@@ -579,10 +603,7 @@ impl Layers {
             self.upper
                 .rename(path, aside, rustix::fs::RenameFlags::NOREPLACE)?;
         }
-        match self.whiteouts.remove(&whiteout_marker(path)?, false) {
-            Err(e) if !is_absent(&e) => return Err(e),
-            _ => {}
-        }
+        self.remove_whiteout(path)?;
         self.clear_whiteouts_below(path)?;
         let lower = self
             .lower_view(path)?
@@ -619,6 +640,14 @@ impl Layers {
         self.whiteouts
             .open_with(&marker, OFlags::WRONLY | OFlags::CREATE, 0o600)
             .map(drop)
+    }
+
+    /// Drops the whiteout marker of `path` (none there is fine).
+    pub fn remove_whiteout(&self, path: &RelPath) -> io::Result<()> {
+        match self.whiteouts.remove(&whiteout_marker(path)?, false) {
+            Err(e) if !is_absent(&e) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Drops the whiteouts recorded beneath directory `dir` (its lower

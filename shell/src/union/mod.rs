@@ -30,7 +30,7 @@ use unionsync_core::{IndexUpdate, Meta, RelPath};
 
 use crate::beneath::Root;
 use fs::{lock, Inodes, UnionFs};
-use journal::SharedJournal;
+use journal::{Seen, SharedJournal};
 use layers::Layers;
 
 /// A mounted union; dropping it unmounts.
@@ -101,10 +101,13 @@ impl MountLink {
             let (temp, stat) = fetched;
             let placed = {
                 let _exclusive = self.exclusive();
-                let seen = crate::beneath::meta_of(&stat, None);
+                let seen = Seen {
+                    meta: Some(crate::beneath::meta_of(&stat, None)),
+                    via_mount: !self.layers.has_index(),
+                };
                 match self.layers.place_cached(path, &temp, &stat) {
                     Ok(true) => {
-                        self.journal.lock().note(path, false, || Some(seen));
+                        self.journal.lock().note(path, false, || seen);
                         true
                     }
                     Ok(false) => false,
@@ -139,7 +142,7 @@ impl MountLink {
             let mut journal = self.journal.lock();
             for changed in &changed {
                 journal.note(changed, false, || {
-                    self.layers.lower_meta(changed).ok().flatten()
+                    self.layers.lower_seen(changed).unwrap_or_default()
                 });
             }
             changed
@@ -147,6 +150,11 @@ impl MountLink {
         self.journal.changed();
         self.invalidate(&changed);
         Ok(changed.len())
+    }
+
+    /// What the lower shows at `path` (see [`Layers::lower_seen`]).
+    pub fn lower_seen(&self, path: &RelPath) -> io::Result<Seen> {
+        self.layers.lower_seen(path)
     }
 
     /// A sync committed: the project holds these states now (`None`:
