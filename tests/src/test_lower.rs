@@ -69,7 +69,9 @@ impl Switch {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The mounted passthrough; unmounted on drop.
@@ -99,7 +101,8 @@ impl TestLower {
         // Hung calls occupy threads: leave some for the calls that come
         // after a hang is lifted.
         config.n_threads = Some(8);
-        let session = fuser::spawn_mount2(fs, mountpoint, &config).expect("mounting the test lower");
+        let session =
+            fuser::spawn_mount2(fs, mountpoint, &config).expect("mounting the test lower");
         TestLower {
             session: Some(session),
             switch,
@@ -234,9 +237,9 @@ impl Filesystem for Passthrough {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let target = self.admitted(ino).and_then(|path| {
-            std::fs::read_link(self.source.join(path)).map_err(errno)
-        });
+        let target = self
+            .admitted(ino)
+            .and_then(|path| std::fs::read_link(self.source.join(path)).map_err(errno));
         match target {
             Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
             Err(e) => reply.error(e),
@@ -250,7 +253,9 @@ impl Filesystem for Passthrough {
         match file {
             Ok(file) => {
                 let mut files = lock(&self.files);
-                let fh = (0..).find(|fh| !files.contains_key(fh)).expect("a free handle");
+                let fh = (0..)
+                    .find(|fh| !files.contains_key(fh))
+                    .expect("a free handle");
                 files.insert(fh, file);
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }

@@ -58,7 +58,7 @@ use unionsync_tests::test_lower::{LowerMode, TestLower};
 use unionsync_tests::{binary, detach, fuse_available, tree, Daemon, Entry, MountDirs, Scene};
 
 /// The seeds `cargo test` runs; each has its failing-lower episode.
-const SUITE_SEEDS: &[u64] = &[1, 2, 3, 4];
+const SUITE_SEEDS: &[u64] = &[1, 2, 3, 4, 1003, 1005, 1014, 1021];
 /// Steps per case.
 const STEPS: usize = 40;
 /// How long an operation may take before the mount counts as frozen.
@@ -109,9 +109,12 @@ fn acknowledged_writes_survive_and_only_user_deletions_delete_under_faults() {
         let outcome = std::panic::catch_unwind(|| run_case(seed))
             .unwrap_or_else(|panic| Err(Failure::panicked(seed, panic)));
         match outcome {
-            Ok(summary) => eprintln!("swarm seed {seed}: ok in {:?} ({summary})", started.elapsed()),
+            Ok(summary) => eprintln!(
+                "swarm seed {seed}: ok in {:?} ({summary})",
+                started.elapsed()
+            ),
             Err(failure) => {
-                eprintln!("{failure}");
+                eprintln!("{failure}\n  (after {:?})", started.elapsed());
                 failed.push(seed);
             }
         }
@@ -439,58 +442,36 @@ impl Done {
 fn apply_user(root: &Path, op: &UserOp) -> Done {
     use std::io::Write;
     let at = |p: &Path| root.join(p);
-    // Writes never follow a symlink: its target would change unrecorded.
-    let refuse_link = |p: &Path| {
-        std::fs::symlink_metadata(at(p))
-            .is_ok_and(|m| m.file_type().is_symlink())
-            .then(|| Done {
+    // An edit of the file at a path: never through a symlink (its target
+    // would change unrecorded).
+    let edit = |path: &Path, change: &dyn Fn(&Path) -> std::io::Result<()>| {
+        if std::fs::symlink_metadata(at(path)).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Done {
                 effects: Vec::new(),
                 error: Some("skipped: a symlink".into()),
-            })
-    };
-    let written = |result: std::io::Result<()>, path: &Path| match result {
-        Ok(()) => read_back(root, path, Vec::new()),
-        Err(e) => Done::failed(e, &[path]),
+            };
+        }
+        match change(&at(path)) {
+            Ok(()) => read_back(root, path, Vec::new()),
+            Err(e) => Done::failed(e, &[path]),
+        }
     };
     match op {
-        UserOp::Write(path, data) => {
-            if let Some(done) = refuse_link(path) {
-                return done;
-            }
-            let parent = path.parent().unwrap_or(Path::new(""));
-            if let Err(e) = std::fs::create_dir_all(at(parent)) {
-                return Done::failed(e, &[]);
-            }
-            written(std::fs::write(at(path), data), path)
-        }
-        UserOp::Append(path, data) => {
-            if let Some(done) = refuse_link(path) {
-                return done;
-            }
-            let result = std::fs::OpenOptions::new()
-                .append(true)
-                .open(at(path))
-                .and_then(|mut f| f.write_all(data.as_bytes()));
-            written(result, path)
-        }
-        UserOp::Truncate(path, len) => {
-            if let Some(done) = refuse_link(path) {
-                return done;
-            }
-            let result = std::fs::OpenOptions::new()
-                .write(true)
-                .open(at(path))
-                .and_then(|f| f.set_len(*len));
-            written(result, path)
-        }
-        UserOp::Chmod(path, mode) => {
-            if let Some(done) = refuse_link(path) {
-                return done;
-            }
-            let result =
-                std::fs::set_permissions(at(path), mode.permissions());
-            written(result, path)
-        }
+        UserOp::Write(path, data) => edit(path, &|file| {
+            std::fs::create_dir_all(file.parent().expect("beneath the mount"))?;
+            std::fs::write(file, data)
+        }),
+        UserOp::Append(path, data) => edit(path, &|file| {
+            let mut f = std::fs::OpenOptions::new().append(true).open(file)?;
+            f.write_all(data.as_bytes())
+        }),
+        UserOp::Truncate(path, len) => edit(path, &|file| {
+            let f = std::fs::OpenOptions::new().write(true).open(file)?;
+            f.set_len(*len)
+        }),
+        UserOp::Chmod(path, mode) => edit(path, &|file| {
+            std::fs::set_permissions(file, mode.permissions())
+        }),
         UserOp::Symlink(target, path) => match std::os::unix::fs::symlink(target, at(path)) {
             Ok(()) => read_back(root, path, Vec::new()),
             Err(e) => Done::failed(e, &[]),
@@ -505,8 +486,18 @@ fn apply_user(root: &Path, op: &UserOp) -> Done {
                 root,
                 to,
                 vec![
-                    (to.clone(), Event::Deleted { side: Side::Compute }),
-                    (from.clone(), Event::Deleted { side: Side::Compute }),
+                    (
+                        to.clone(),
+                        Event::Deleted {
+                            side: Side::Compute,
+                        },
+                    ),
+                    (
+                        from.clone(),
+                        Event::Deleted {
+                            side: Side::Compute,
+                        },
+                    ),
                 ],
             ),
             Err(e) => Done::failed(e, &[from, to]),
@@ -516,7 +507,14 @@ fn apply_user(root: &Path, op: &UserOp) -> Done {
             Done {
                 effects: removed
                     .into_iter()
-                    .map(|p| (p, Event::Deleted { side: Side::Compute }))
+                    .map(|p| {
+                        (
+                            p,
+                            Event::Deleted {
+                                side: Side::Compute,
+                            },
+                        )
+                    })
                     .collect(),
                 error: error.map(|e| e.to_string()),
             }
@@ -567,7 +565,9 @@ fn remove_into(
                 Ok(entries) => {
                     for entry in entries {
                         match entry {
-                            Ok(entry) => remove_into(root, &rel.join(entry.file_name()), removed, error),
+                            Ok(entry) => {
+                                remove_into(root, &rel.join(entry.file_name()), removed, error)
+                            }
                             Err(e) => {
                                 error.get_or_insert(e);
                             }
@@ -626,7 +626,12 @@ fn apply_project(home: &Path, op: &ProjectOp, ledger: &mut Ledger) -> String {
         ProjectOp::Remove(path) => {
             let (removed, error) = remove_tree(home, path);
             for p in &removed {
-                ledger.record(p, Event::Deleted { side: Side::Project });
+                ledger.record(
+                    p,
+                    Event::Deleted {
+                        side: Side::Project,
+                    },
+                );
             }
             return match error {
                 Some(e) => format!("removed {}, then {e}", removed.len()),
@@ -686,8 +691,7 @@ fn initial_home(rng: &mut SmallRng, home: &Path, ledger: &mut Ledger) {
         if home.join(file).parent().is_some_and(Path::is_dir) && rng.random_bool(0.7) {
             let mode = *pick(rng, &MODES);
             std::fs::write(home.join(file), format!("initial {file}\n")).expect("a home file");
-            std::fs::set_permissions(home.join(file), mode.permissions())
-                .expect("its mode");
+            std::fs::set_permissions(home.join(file), mode.permissions()).expect("its mode");
         }
     }
     for link in LINKS {
@@ -739,7 +743,9 @@ fn project_op(rng: &mut SmallRng, seed: u64, step: usize) -> ProjectOp {
 fn plan(rng: &mut SmallRng, seed: u64, lower_only: &[PathBuf]) -> Vec<Step> {
     let fail_at = rng.random_range(4..16);
     let fail_len = rng.random_range(5..10);
-    let hang_at = rng.random_bool(0.6).then(|| fail_at + fail_len + rng.random_range(2..8));
+    let hang_at = rng
+        .random_bool(0.6)
+        .then(|| fail_at + fail_len + rng.random_range(2..8));
     let hang_len = rng.random_range(3..7);
     let crash_at = rng.random_bool(0.5).then(|| rng.random_range(1..STEPS));
     let mut steps = Vec::new();
@@ -817,22 +823,32 @@ impl Rig {
         if let Some(daemon) = self.compute.take() {
             daemon.kill();
         }
+        // Started means serving: a stale mount may still answer `stat`
+        // from the kernel's cache, but never a listing.
         let start = || {
-            self.scene
-                .start_compute_mount_over(&self.m, &self.lower.mountpoint, &[])
+            let mut daemon =
+                self.scene
+                    .start_compute_mount_over(&self.m, &self.lower.mountpoint, &[]);
+            let serving = wait_until(Duration::from_secs(20), || {
+                !daemon.running() || std::fs::read_dir(&self.m.mount).is_ok()
+            });
+            match daemon.running() && serving {
+                true => Ok(daemon),
+                false => Err(std::fs::read_to_string(&daemon.log).unwrap_or_default()),
+            }
         };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(start)) {
+        match start() {
             Ok(daemon) => {
                 self.compute = Some(daemon);
                 None
             }
-            Err(panic) => {
+            Err(log) => {
                 detach(&self.m.mount);
-                self.compute = Some(start());
+                self.compute = Some(start().expect("a start over a detached mountpoint"));
+                let last = log.lines().last().unwrap_or("").to_string();
                 Some(format!(
                     "the compute daemon restarted after kill -9 did not take over its stale \
-                     mount: {}",
-                    panic_text(&*panic)
+                     mount: {last}"
                 ))
             }
         }
@@ -924,6 +940,20 @@ impl Failure {
             trace: Vec::new(),
             logs: None,
         }
+    }
+}
+
+/// Polls `done` until it holds or `timeout` passes; whether it held.
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -1040,8 +1070,7 @@ fn run_case(seed: u64) -> Result<String, Failure> {
                 None => "kill -9 compute; restarted".into(),
                 Some(problem) => {
                     problems.push(problem);
-                    "kill -9 compute; restarted only once the test detached the stale mount"
-                        .into()
+                    "kill -9 compute; restarted only once the test detached the stale mount".into()
                 }
             },
         };
@@ -1052,7 +1081,10 @@ fn run_case(seed: u64) -> Result<String, Failure> {
         problems.extend(quiesce_and_check(&rig, &ledger, &mut trace));
     }
     if problems.is_empty() {
-        return Ok(format!("{} steps, {stalls} stalled on the hung lower", steps.len()));
+        return Ok(format!(
+            "{} steps, {stalls} stalled on the hung lower",
+            steps.len()
+        ));
     }
     let logs = std::env::temp_dir().join(format!("unionsync-swarm-{seed}-logs"));
     let _ = std::fs::remove_dir_all(&logs);
@@ -1121,7 +1153,11 @@ fn union_differences(mount: &Path, home: &Path) -> Vec<String> {
     };
     let (union, project) = (shown(mount), shown(home));
     let mut out = Vec::new();
-    for path in union.keys().chain(project.keys()).collect::<std::collections::BTreeSet<_>>() {
+    for path in union
+        .keys()
+        .chain(project.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
         let (u, p) = (union.get(path), project.get(path));
         if u != p {
             let show = |s: Option<&State>| s.map_or("absent".into(), State::to_string);
