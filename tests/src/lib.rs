@@ -20,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod sshd;
+pub mod test_lower;
 
 /// The `unionsync` binary of this build (`cargo test --workspace` builds it
 /// for the shell's own integration tests, next to this test's `deps/`).
