@@ -128,6 +128,13 @@ pub struct ProjectHome {
     pub conflicts: Vec<(u64, RelPath, Node)>,
     pub hashes: bool,
     clock: i64,
+    /// Every path the home ever held.
+    pub ever: BTreeSet<RelPath>,
+    /// Paths the project's users removed.
+    pub user_removed: BTreeSet<RelPath>,
+    /// Who changed which path here: `None` for the project's users, else
+    /// the compute server whose sync did.
+    pub changed_by: BTreeSet<(Option<u64>, RelPath)>,
 }
 
 /// One compute server's union: an upper tree and whiteouts over the
@@ -137,6 +144,8 @@ pub struct ProjectHome {
 pub struct ComputeUnion {
     pub upper: Tree,
     pub whiteouts: BTreeSet<RelPath>,
+    /// Paths this side's users removed through the union.
+    pub user_removed: BTreeSet<RelPath>,
     pub journal: BTreeMap<RelPath, JournalEntry>,
     pub hashes: bool,
     clock: i64,
@@ -228,6 +237,9 @@ impl ProjectHome {
             conflicts: Vec::new(),
             hashes,
             clock: 1000,
+            ever: BTreeSet::new(),
+            user_removed: BTreeSet::new(),
+            changed_by: BTreeSet::new(),
         }
     }
 
@@ -299,6 +311,7 @@ impl ProjectHome {
                     return Err(Deferred(format!("{path}: directory not empty")));
                 }
                 self.tree.remove(path);
+                self.changed_by.insert((Some(compute_id), path.clone()));
             }
             ProjectOp::Create { path, meta } => {
                 expect_node(&self.tree, path, None, self.hashes)?;
@@ -310,12 +323,15 @@ impl ProjectHome {
                 let ctime = self.tick();
                 let node = node_from(meta, path, staged, ctime).ok_or_else(|| missing(path))?;
                 self.tree.insert(path.clone(), node);
+                self.ever.insert(path.clone());
+                self.changed_by.insert((Some(compute_id), path.clone()));
             }
             ProjectOp::Write { path, meta, expect } => {
                 expect_node(&self.tree, path, Some(expect), self.hashes)?;
                 let ctime = self.tick();
                 let node = node_from(meta, path, staged, ctime).ok_or_else(|| missing(path))?;
                 self.tree.insert(path.clone(), node);
+                self.changed_by.insert((Some(compute_id), path.clone()));
             }
             ProjectOp::SetMode { path, mode, expect } => {
                 expect_node(&self.tree, path, Some(expect), self.hashes)?;
@@ -324,6 +340,7 @@ impl ProjectHome {
                     node.mode = *mode;
                     node.ctime = ctime;
                 }
+                self.changed_by.insert((Some(compute_id), path.clone()));
             }
         }
         Ok(self.meta(op.path()))
@@ -335,6 +352,7 @@ impl ComputeUnion {
         ComputeUnion {
             upper: Tree::new(),
             whiteouts: BTreeSet::new(),
+            user_removed: BTreeSet::new(),
             journal: BTreeMap::new(),
             hashes,
             clock: 1000,
@@ -567,9 +585,13 @@ impl Fs for ProjectFs<'_> {
     fn put(&mut self, path: &RelPath, mut node: Node) {
         node.ctime = self.tick();
         self.0.tree.insert(path.clone(), node);
+        self.0.ever.insert(path.clone());
+        self.0.changed_by.insert((None, path.clone()));
     }
     fn remove(&mut self, path: &RelPath) {
         self.0.tree.remove(path);
+        self.0.user_removed.insert(path.clone());
+        self.0.changed_by.insert((None, path.clone()));
     }
     fn descendants(&self, path: &RelPath) -> Vec<RelPath> {
         descendants_in(&self.0.tree, path)
@@ -605,6 +627,7 @@ impl Fs for ComputeFs<'_> {
     fn remove(&mut self, path: &RelPath) {
         let (u, lower) = (&mut *self.union, self.lower);
         u.note(lower, path);
+        u.user_removed.insert(path.clone());
         u.upper.remove(path);
         if u.get(lower, path).is_some() {
             u.whiteouts.insert(path.clone());
@@ -1034,6 +1057,58 @@ pub fn check_confinement(record: &SyncRecord, sync_set: &BTreeSet<RelPath>) -> R
             .any(|s| s == path || s.is_ancestor_of(path) || path.is_ancestor_of(s));
         if !related || path.is_reserved() {
             return Err(format!("step on {path}, outside the sync set"));
+        }
+    }
+    Ok(())
+}
+
+/// Are `a` and `b` the same path, or is one beneath the other?
+fn related(a: &RelPath, b: &RelPath) -> bool {
+    a == b || a.is_ancestor_of(b) || b.is_ancestor_of(a)
+}
+
+/// Absence is never a deletion: every path the project ever held and no
+/// longer holds was removed by a user, on the project or through a compute
+/// server's union (that path or an ancestor of it).
+pub fn check_losses_caused_by_users<'a>(
+    project: &ProjectHome,
+    computes: impl IntoIterator<Item = &'a ComputeUnion> + Clone,
+) -> Result<(), String> {
+    for path in project
+        .ever
+        .iter()
+        .filter(|p| !project.tree.contains_key(*p))
+    {
+        let removed_at = |removed: &BTreeSet<RelPath>| {
+            removed.contains(path) || path.ancestors().any(|a| removed.contains(&a))
+        };
+        let by_user = removed_at(&project.user_removed)
+            || computes
+                .clone()
+                .into_iter()
+                .any(|c| removed_at(&c.user_removed));
+        if !by_user {
+            return Err(format!(
+                "{path}: gone from the project, but no user removed it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A conflict only where the project changed the path: its users, or the
+/// syncs of *other* compute servers, changed that path, an ancestor or a
+/// descendant of it (a compute server's own pushes are no project change).
+pub fn check_conflicts_where_project_changed(project: &ProjectHome) -> Result<(), String> {
+    for (id, path, _) in &project.conflicts {
+        let changed = project
+            .changed_by
+            .iter()
+            .any(|(by, p)| *by != Some(*id) && related(p, path));
+        if !changed {
+            return Err(format!(
+                "{path}: a conflict for compute-{id}, but the project never changed it"
+            ));
         }
     }
     Ok(())

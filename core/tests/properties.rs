@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use unionsync_core::model::{
-    check_confinement, check_convergence, check_idempotent, check_nothing_lost, check_project_wins,
-    Actor, Mutation, SyncRecord, World,
+    check_confinement, check_conflicts_where_project_changed, check_convergence, check_idempotent,
+    check_losses_caused_by_users, check_nothing_lost, check_project_wins, Actor, Mutation,
+    SyncRecord, World,
 };
 use unionsync_core::RelPath;
 
@@ -110,6 +111,19 @@ proptest! {
     fn steps_stay_within_the_sync_set(s in scenario()) {
         check_every_sync(&s, |record, _, sync_set| check_confinement(record, sync_set))?;
     }
+
+    #[test]
+    fn the_project_loses_a_path_only_where_a_user_removed_it(s in scenario()) {
+        check_every_sync(&s, |_, world, _| {
+            check_losses_caused_by_users(&world.project, [&world.compute])
+        })?;
+    }
+
+    #[test]
+    fn a_conflict_only_where_the_project_changed_the_path(s in scenario()) {
+        check_every_sync(&s, |_, world, _| check_conflicts_where_project_changed(&world.project))?;
+    }
+
 }
 
 /// Regressions found by the properties above, replayed by name.

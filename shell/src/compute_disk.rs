@@ -255,8 +255,24 @@ impl DiskComputeStore {
     /// (the union shows the lower: never a deletion).
     fn reported(&self, path: &RelPath) -> io::Result<Reported> {
         let upper = self.upper.stat(path)?;
-        let whiteout = upper.is_none() && self.whiteouts.stat(&whiteout_marker(path)?)?.is_some();
+        let whiteout = upper.is_none() && self.whited_out(path)?;
         Ok(Reported::observe(upper, whiteout))
+    }
+
+    /// Is `path` deleted here by a whiteout of its own or of an ancestor?
+    /// (A directory made again over a whiteout is opaque: what the user
+    /// deleted beneath it stays deleted.)
+    fn whited_out(&self, path: &RelPath) -> io::Result<bool> {
+        for candidate in std::iter::once(path.clone()).chain(path.ancestors()) {
+            if self
+                .whiteouts
+                .stat(&whiteout_marker(&candidate)?)?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The change to report for `path`; `seen` matters only where no
@@ -431,7 +447,10 @@ impl ComputeStore for DiskComputeStore {
         let mut changes = Vec::with_capacity(paths.len());
         let mut fresh = false;
         for path in paths {
-            let state = now.get(&path).cloned().unwrap_or(Reported::Lower);
+            let state = match now.get(&path) {
+                Some(state) => state.clone(),
+                None => self.reported(&path)?,
+            };
             if state == Reported::Lower && self.recorded.contains_key(&path) {
                 // Recorded, yet neither in the upper nor whited out: not a
                 // user's deletion (that leaves a whiteout). No change.

@@ -358,8 +358,9 @@ fn take_saved_journal(state: &Root) -> std::io::Result<Option<Journal>> {
 /// A mount left by a process that died (`kill -9`) answers every access
 /// with ENOTCONN; detach it so the mountpoint can be used again.
 fn clear_stale_mount(mountpoint: &std::path::Path) {
-    let stale = std::fs::metadata(mountpoint)
-        .is_err_and(|e| e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error()));
+    // statfs, not stat: the kernel may answer a stat of the dead mount's
+    // root from its attribute cache, but always asks the daemon for statfs.
+    let stale = rustix::fs::statfs(mountpoint).is_err_and(|e| e == rustix::io::Errno::NOTCONN);
     if !stale {
         return;
     }

@@ -41,7 +41,8 @@ use tokio::sync::{mpsc, watch};
 use unionsync::compute_agent::{run_compute_agent, AgentCommand, ComputeAgentConfig, Connector};
 use unionsync::project_server::{serve, Listener};
 use unionsync_core::model::{
-    check_union_matches, ComputeUnion, Content, Mutation, Node, ProjectHome,
+    check_conflicts_where_project_changed, check_losses_caused_by_users, check_union_matches,
+    ComputeUnion, Content, Mutation, Node, ProjectHome,
 };
 use unionsync_core::{
     ComputeConfig, ComputeEvent, ComputeSession, ProjectConfig, ProjectEvent, RelPath, Sameness,
@@ -197,6 +198,20 @@ fn random_mutation(rng: &mut SmallRng) -> Mutation {
 }
 
 /// A mutation for the trace, with file contents as their length.
+/// Now and then a compute-side change fails at its copy-up (the lower
+/// mount down, the upper full): journaled, nothing changed. Drawn from its
+/// own generator, so the rest of a seed's trace stays as it was.
+fn maybe_failed_copy_up(failures: &mut SmallRng, mutation: Mutation) -> Mutation {
+    match mutation {
+        Mutation::Write(path, _) | Mutation::Chmod(path, _) | Mutation::Rename(path, _)
+            if failures.random_ratio(1, 8) =>
+        {
+            Mutation::FailedCopyUp(path)
+        }
+        other => other,
+    }
+}
+
 fn describe(mutation: &Mutation) -> String {
     match mutation {
         Mutation::Write(path, data) => format!("write {path} ({} bytes)", data.len()),
@@ -249,7 +264,14 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> Outcome {
     let driver_rng = SmallRng::seed_from_u64(rng.random());
     sim.client(
         "driver",
-        driver(driver_rng, options.clone(), disks.clone(), log.clone()),
+        driver(
+            driver_rng,
+            // Its own stream: failed copy-ups leave the other draws alone.
+            SmallRng::seed_from_u64(seed ^ 0x636f_7079_7570),
+            options.clone(),
+            disks.clone(),
+            log.clone(),
+        ),
     );
 
     let faults = fault_plan(&mut rng, options);
@@ -475,6 +497,7 @@ fn snapshot(disks: &Disks) -> Snapshot {
 
 async fn driver(
     mut rng: SmallRng,
+    mut failures: SmallRng,
     options: SimOptions,
     disks: SharedDisks,
     log: SharedLog,
@@ -485,7 +508,7 @@ async fn driver(
             break;
         }
         let actor = rng.random_range(0..=options.computes);
-        let mutation = random_mutation(&mut rng);
+        let mut mutation = random_mutation(&mut rng);
         let mut d = disks.borrow_mut();
         if actor == 0 {
             d.project.mutate(&mutation);
@@ -494,6 +517,7 @@ async fn driver(
                 project, computes, ..
             } = &mut *d;
             let (union, _) = computes.get_mut(&actor).expect("compute disk");
+            mutation = maybe_failed_copy_up(&mut failures, mutation);
             union.mutate(&project.tree, &mutation);
         } else {
             continue;
@@ -560,6 +584,8 @@ fn check_invariants(disks: &Disks, snap: &Snapshot) -> Result<(), String> {
     if let Some(path) = disks.project.tree.keys().find(|p| p.is_reserved()) {
         return Err(format!("reserved path {path} in the project tree"));
     }
+    check_losses_caused_by_users(&disks.project, disks.computes.values().map(|(u, _)| u))?;
+    check_conflicts_where_project_changed(&disks.project)?;
     for (id, path, node) in &snap.compute_writes {
         if !disks.project.keeps(Some(*id), path, node) {
             return Err(format!("compute-{id} wrote {path} ({node:?}): lost"));

@@ -364,8 +364,9 @@ impl Scene {
                 read(&daemon.log)
             );
             // A stale mount of a killed daemon is listed too, but refuses
-            // every access until the new daemon replaces it.
-            is_mounted(&dirs.mount) && std::fs::metadata(&dirs.mount).is_ok()
+            // every access until the new daemon replaces it (a listing, as
+            // a stat may be answered from the kernel's attribute cache).
+            is_mounted(&dirs.mount) && std::fs::read_dir(&dirs.mount).is_ok()
         });
         daemon
     }
