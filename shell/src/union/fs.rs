@@ -28,7 +28,7 @@ use fuser::{
 use rustix::fs::{OFlags, Stat, Timespec};
 use unionsync_core::{Meta, RelPath};
 
-use super::journal::SharedJournal;
+use super::journal::{Seen, SharedJournal};
 use super::layers::{is_dir, path_error, Layer, Layers};
 use crate::beneath::meta_of;
 
@@ -343,6 +343,15 @@ impl UnionFs {
         self.journal.changed();
     }
 
+    /// Journals `path` again once its change is made: a sync that collected
+    /// between the first note and the change (a copy-up can take long) saw
+    /// no change yet, and its commit dropped the entry.
+    fn noted_after(&self, path: &RelPath) {
+        if !self.layers.is_local_only(path) {
+            self.journal.lock().note(path, false, Seen::nothing);
+        }
+    }
+
     /// Journals the creation of `path` over nothing in either layer.
     fn note_created(&self, path: &RelPath) {
         if self.layers.is_local_only(path) {
@@ -409,6 +418,7 @@ impl UnionFs {
             .upper_dirs(path.parent().as_ref())
             .map_err(errno)?;
         make(&self.layers).map_err(errno)?;
+        self.noted_after(path);
         let (attr, ttl) = self.entry(path)?;
         if attr.kind == FileType::Directory {
             self.layers.created_over_nothing(path);
@@ -512,7 +522,9 @@ impl UnionFs {
             let _tree = self.exclusive();
             self.note(&path);
             self.layers.copy_up(&path).map_err(errno)?;
-            (self.layers.upper.open_with(&path, raw & keep, 0), true)
+            let file = self.layers.upper.open_with(&path, raw & keep, 0);
+            self.noted_after(&path);
+            (file, true)
         } else {
             let _tree = self.shared();
             match self.layers.resolve(&path).map_err(errno)? {
@@ -577,6 +589,7 @@ impl UnionFs {
                 .set_times(&path, times.0.map(timespec), times.1.map(timespec))
                 .map_err(errno)?;
         }
+        self.noted_after(&path);
         let stat = upper.lstat(&path).map_err(errno)?.ok_or(Errno::ENOENT)?;
         Ok(attr(ino.0, &stat))
     }
@@ -666,6 +679,7 @@ impl UnionFs {
         if dir {
             self.layers.clear_whiteouts_below(path).map_err(errno)?;
         }
+        self.noted_after(path);
         lock(&self.inodes).forget_path(path);
         Ok(())
     }
@@ -702,6 +716,7 @@ impl UnionFs {
         let to_in_lower = self.layers.lower_view(to).map_err(errno)?.is_some();
         let whiteout_from = self.removal_needs_whiteout(from, from_in_lower);
         let moved = self.subtree(from)?;
+        let mut renamed = Vec::with_capacity(moved.len());
         for old in &moved {
             // What existed only here still does at its new name.
             let only_here = !to_in_lower && self.journal.lock().created_here(old);
@@ -710,8 +725,14 @@ impl UnionFs {
             let mut new = to.as_bytes().to_vec();
             new.extend_from_slice(rest);
             match RelPath::new(new) {
-                Ok(new) if only_here => self.note_created(&new),
-                Ok(new) => self.note(&new),
+                Ok(new) if only_here => {
+                    self.note_created(&new);
+                    renamed.push(new);
+                }
+                Ok(new) => {
+                    self.note(&new);
+                    renamed.push(new);
+                }
                 Err(_) => {}
             }
         }
@@ -735,6 +756,9 @@ impl UnionFs {
             self.layers.whiteout(to).map_err(errno)?;
         } else if is_dir(&source) {
             self.layers.created_over_nothing(to);
+        }
+        for path in moved.iter().chain(&renamed) {
+            self.noted_after(path);
         }
         lock(&self.inodes).rename(from, to);
         Ok(())
@@ -788,7 +812,9 @@ impl UnionFs {
         let _tree = self.exclusive();
         self.note(&path);
         self.layers.copy_up(&path).map_err(errno)?;
-        write(&self.layers.upper, &path).map_err(errno)
+        write(&self.layers.upper, &path).map_err(errno)?;
+        self.noted_after(&path);
+        Ok(())
     }
 
     /// The union's view of `path` as metadata, for the sync.
@@ -1042,6 +1068,7 @@ impl Filesystem for UnionFs {
                 let _tree = self.exclusive();
                 self.note(&from);
                 self.layers.copy_up(&from).map_err(errno)?;
+                self.noted_after(&from);
             }
             self.create_entry(&to, |layers| layers.upper.link(&from, &to))
         })();
