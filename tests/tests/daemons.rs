@@ -122,9 +122,11 @@ fn deletes_travel_both_ways() {
     wait_for("the first push", CONVERGE, || {
         scene.home.join("gone-dir/child").exists()
     });
-    // Compute side: delete a project path (whiteout) and a synced directory.
+    // Compute side: delete a project path and a synced directory, each
+    // with its whiteout, as the union does (absence alone is no deletion).
     write_whiteout(&c.whiteouts, "old/project-only.txt");
     std::fs::remove_dir_all(c.upper.join("gone-dir")).unwrap();
+    write_whiteout(&c.whiteouts, "gone-dir");
     // Project side: delete a synced file.
     std::fs::remove_file(scene.home.join("mine.txt")).unwrap();
     wait_for("deletes both ways", CONVERGE, || {
@@ -137,6 +139,28 @@ fn deletes_travel_both_ways() {
         unionsync_tests::whiteouts(&c.whiteouts).is_empty()
     });
     assert!(conflicts(&scene.home).is_empty());
+}
+
+#[test]
+fn a_synced_file_missing_from_the_upper_without_a_whiteout_is_not_deleted() {
+    let scene = Scene::new();
+    let c = scene.compute_dirs(1);
+    write(&c.upper.join("kept.txt"), b"mine");
+    let _project = scene.start_project();
+    let _compute = scene.start_compute(&c);
+    wait_for("the first push", CONVERGE, || {
+        file_data(&scene.home, "kept.txt").as_deref() == Some(&b"mine"[..])
+    });
+    // Gone from the upper, but no user deleted it: no whiteout.
+    std::fs::remove_file(c.upper.join("kept.txt")).unwrap();
+    write(&c.upper.join("marker.txt"), b"later");
+    wait_for("a later sync", CONVERGE, || {
+        scene.home.join("marker.txt").exists()
+    });
+    assert_eq!(
+        file_data(&scene.home, "kept.txt").as_deref(),
+        Some(&b"mine"[..])
+    );
 }
 
 #[test]

@@ -1189,17 +1189,22 @@ fn home_files(home: &Path) -> BTreeMap<Vec<u8>, Entry> {
 #[test]
 fn changes_to_lower_files_that_fail_while_sshfs_is_down_delete_nothing() {
     require_tools!();
-    let mut rig = Rig::new(None, |home| {
-        for i in 0..8 {
-            write(&home.join(format!("keep/f{i}.txt")), b"project data\n");
-        }
-        for i in 0..20 {
-            write(&home.join(format!("keep/tree/t{i}.txt")), &noise(i, 2_000));
-        }
-    });
+    let mut rig = Rig::new(None, |home| write(&home.join("start.txt"), b"start"));
     rig.wait_converged(CONVERGE);
+    // Made after convergence and only stat-ed through the mount, so that
+    // no read caches them: their content lives in the lower alone.
+    for i in 0..8 {
+        write(&rig.home(&format!("keep/f{i}.txt")), b"project data\n");
+    }
+    for i in 0..20 {
+        write(&rig.home(&format!("keep/tree/t{i}.txt")), &noise(i, 2_000));
+    }
+    wait_for("the new files in the mount", CONVERGE, || {
+        rig.mnt("keep/f7.txt").exists() && rig.mnt("keep/tree/t19.txt").exists()
+    });
     let before = home_files(&rig.scene.home);
     rig.sshd.stop();
+    assert!(!rig.m.upper.join("keep/f5.txt").exists(), "not cached");
 
     let timeout = Duration::from_secs(30);
     let fails = |what: &str, path: PathBuf, op: fn(&Path) -> std::io::Result<()>| {
