@@ -20,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod sshd;
+pub mod test_lower;
 
 /// The `unionsync` binary of this build (`cargo test --workspace` builds it
 /// for the shell's own integration tests, next to this test's `deps/`).
@@ -397,6 +398,22 @@ pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `f` on another thread and gives up after `timeout`: a hang fails
+/// the test instead of stalling it (the thread, stuck in a mount, is
+/// released when the mount goes at the end of the test).
+pub fn within<T: Send + 'static>(
+    what: &str,
+    timeout: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(timeout)
+        .unwrap_or_else(|_| panic!("{what} hung for more than {timeout:?}"))
 }
 
 /// What a tree holds at one path, as sync promises to carry it.

@@ -19,11 +19,10 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use unionsync_tests::sshd::{sshfs_e2e_available, Sshd, Sshfs, Tmpfs};
-use unionsync_tests::{binary, conflicts, tree, wait_for, Daemon, Entry, MountDirs, Scene};
+use unionsync_tests::{binary, conflicts, tree, wait_for, within, Daemon, Entry, MountDirs, Scene};
 
 /// How long a quiet system may take to converge.
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -255,22 +254,6 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
-}
-
-/// Runs `f` on another thread and gives up after `timeout`: a hang fails
-/// the test instead of stalling it (a thread stuck in the mount is released
-/// when the union daemon is killed at the end of the test).
-fn within<T: Send + 'static>(
-    what: &str,
-    timeout: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(timeout)
-        .unwrap_or_else(|_| panic!("{what} hung for more than {timeout:?}"))
 }
 
 /// Reads `path`, failing the test if that takes more than `timeout`.

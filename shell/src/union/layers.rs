@@ -89,6 +89,38 @@ pub fn path_error(error: unionsync_core::PathError) -> io::Error {
     }
 }
 
+/// Copies the extended attributes of `from` in `source` to `to` in
+/// `target` (a filesystem without them on either side is not an error).
+fn copy_xattrs(source: &Root, from: &RelPath, target: &Root, to: &RelPath) -> io::Result<()> {
+    let names = match source.xattr_list(from) {
+        Ok(names) => names,
+        Err(e) if Errno::from_io_error(&e) == Some(Errno::NOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let value = source.xattr_get(from, name)?;
+        match target.xattr_set(to, name, &value, 0) {
+            // Namespaces this process may not write (trusted.*, …).
+            Err(e) if matches!(Errno::from_io_error(&e), Some(Errno::NOTSUP | Errno::PERM)) => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Gives `path` in `root` the access and modification times of `from`.
+fn copy_times(root: &Root, path: &RelPath, from: &Stat) -> io::Result<()> {
+    let ts = |sec: i64, nsec: u64| Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    root.set_times(
+        path,
+        Some(ts(from.st_atime, from.st_atime_nsec)),
+        Some(ts(from.st_mtime, from.st_mtime_nsec)),
+    )
+}
+
 impl Layers {
     pub fn new(
         upper: Root,
@@ -395,36 +427,12 @@ impl Layers {
         Ok(())
     }
 
-    /// Copies the lower's extended attributes of `path` to the upper's (a
-    /// filesystem without them on either side is not an error).
     fn copy_xattrs(&self, path: &RelPath) -> io::Result<()> {
-        let names = match self.lower.xattr_list(path) {
-            Ok(names) => names,
-            Err(e) if Errno::from_io_error(&e) == Some(Errno::NOTSUP) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-            let value = self.lower.xattr_get(path, name)?;
-            match self.upper.xattr_set(path, name, &value, 0) {
-                // Namespaces this process may not write (trusted.*, …).
-                Err(e) if matches!(Errno::from_io_error(&e), Some(Errno::NOTSUP | Errno::PERM)) => {
-                }
-                other => other?,
-            }
-        }
-        Ok(())
+        copy_xattrs(&self.lower, path, &self.upper, path)
     }
 
     fn copy_times(&self, path: &RelPath, from: &Stat) -> io::Result<()> {
-        let ts = |sec: i64, nsec: u64| Timespec {
-            tv_sec: sec,
-            tv_nsec: nsec as _,
-        };
-        self.upper.set_times(
-            path,
-            Some(ts(from.st_atime, from.st_atime_nsec)),
-            Some(ts(from.st_mtime, from.st_mtime_nsec)),
-        )
+        copy_times(&self.upper, path, from)
     }
 
     /// Copies the lower's `path` (a file, symlink or directory without its
@@ -474,19 +482,18 @@ impl Layers {
     /// network). `None` when `path` is no longer a lower file of at most
     /// `max` bytes.
     pub fn fetch_for_cache(&self, path: &RelPath, max: u64) -> io::Result<Option<(RelPath, Stat)>> {
+        if self.upper.lstat(path)?.is_some() {
+            return Ok(None);
+        }
         let Some(stat) = self.lower_view(path)? else {
             return Ok(None);
         };
-        let regular =
-            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
-        if !regular || stat.st_size as u64 > max || self.upper.lstat(path)?.is_some() {
+        if stat.st_size as u64 > max {
             return Ok(None);
         }
-        let temp = self.temp_name();
-        let mut source = self.lower.open_file(path)?;
-        let mut copy = self.tmp.create_file(&temp)?;
-        std::io::copy(&mut source, &mut copy)?;
-        drop(copy);
+        let Some(temp) = self.fetch(path, &stat)? else {
+            return Ok(None);
+        };
         // The index is the project's word, the content came through the
         // mount: a mount that lags behind the index may have served older
         // bytes, which must not become a clean copy. (Seconds only: sshfs
@@ -499,14 +506,61 @@ impl Layers {
             self.tmp.remove(&temp, false)?;
             return Ok(None);
         }
-        self.tmp.chmod(&temp, stat.st_mode & 0o7777)?;
         Ok(Some((temp, stat)))
     }
 
-    /// The second half, under the union's exclusive lock: places the copy
-    /// if the upper still has nothing there and the lower still shows the
-    /// file as it was copied (else drops it). `true` when placed.
-    pub fn place_cached(&self, path: &RelPath, temp: &RelPath, copied: &Stat) -> io::Result<bool> {
+    /// The first half of copying up a lower file, without any lock (a hung
+    /// lower holds up only the caller): its copy in the upper's temp area,
+    /// and what the lower showed. `None` when the upper has `path` already
+    /// or the lower shows no regular file there (nothing to fetch:
+    /// [`Layers::copy_up`] does the rest).
+    pub fn fetch_for_copy_up(&self, path: &RelPath) -> io::Result<Option<(RelPath, Stat)>> {
+        if self.upper.lstat(path)?.is_some() {
+            return Ok(None);
+        }
+        let Some(stat) = self.lower_view(path)? else {
+            return Ok(None);
+        };
+        Ok(self.fetch(path, &stat)?.map(|temp| (temp, stat)))
+    }
+
+    /// Copies the lower regular file `path`, which the lower shows as
+    /// `stat`, into a temp file with its content, mode, extended attributes
+    /// and times (`None`: not a regular file).
+    fn fetch(&self, path: &RelPath, stat: &Stat) -> io::Result<Option<RelPath>> {
+        let regular =
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
+        if !regular {
+            return Ok(None);
+        }
+        let temp = self.temp_name();
+        let copied = (|| {
+            let mut source = self.lower.open_file(path)?;
+            let mut copy = self.tmp.create_file(&temp)?;
+            std::io::copy(&mut source, &mut copy)?;
+            drop(copy);
+            self.tmp.chmod(&temp, stat.st_mode & 0o7777)?;
+            copy_xattrs(&self.lower, path, &self.tmp, &temp)?;
+            copy_times(&self.tmp, &temp, stat)
+        })();
+        match copied {
+            Ok(()) => Ok(Some(temp)),
+            Err(error) => {
+                // Nothing half-copied stays behind.
+                match self.tmp.remove(&temp, false) {
+                    Err(e) if !is_absent(&e) => tracing::warn!(%temp, error = %e, "temp copy left"),
+                    _ => {}
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The second half, under the union's exclusive lock: places a copy
+    /// that [`Layers::fetch_for_cache`] or [`Layers::fetch_for_copy_up`]
+    /// made if the upper still has nothing there and the lower still shows
+    /// the file as it was copied (else drops it). `true` when placed.
+    pub fn place_fetched(&self, path: &RelPath, temp: &RelPath, copied: &Stat) -> io::Result<bool> {
         let unchanged = self.lower_view(path)?.is_some_and(|now| {
             (now.st_size, now.st_mtime, now.st_mtime_nsec, now.st_ino)
                 == (
@@ -522,8 +576,6 @@ impl Layers {
         }
         self.upper_dirs(path.parent().as_ref())?;
         self.upper.rename_from(&self.tmp, temp, path, true)?;
-        self.copy_xattrs(path)?;
-        self.copy_times(path, copied)?;
         Ok(true)
     }
 

@@ -1,0 +1,109 @@
+//! The lower hanging (the network stalls, nothing answers): a request that
+//! needs the lower waits for it, and nothing else does. Upper-only paths
+//! and upper files (created or copied up) keep working, and the stuck
+//! request completes once the lower answers again.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use unionsync_core::IndexUpdate;
+use unionsync_tests::test_lower::{Behaviour, TestLower};
+use unionsync_tests::{fuse_available, wait_for, within, UnionMount};
+
+/// Generous: the operations checked take milliseconds when nothing waits.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn append(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)?
+        .write_all(data)
+}
+
+/// A union over a [`TestLower`] holding `d/l1` and `d/l2`, with an
+/// upper-only directory `local/` (made through the mount) holding
+/// `work.txt`, and `d/l1` copied up by an append; with `index`, the
+/// lower's metadata comes from an index, as when the project is connected.
+fn scene(index: bool) -> (TestLower, UnionMount) {
+    let lower = TestLower::new(|dir| {
+        std::fs::create_dir(dir.join("d")).unwrap();
+        std::fs::write(dir.join("d/l1"), b"lower one\n").unwrap();
+        std::fs::write(dir.join("d/l2"), b"lower two\n").unwrap();
+    });
+    let union = UnionMount::over(&lower.mnt);
+    if index {
+        let root = unionsync::beneath::Root::open(&lower.dir).unwrap();
+        let entries = root.walk(None).unwrap();
+        union
+            .mounted()
+            .link()
+            .update_index(IndexUpdate::Snapshot(entries));
+    }
+    std::fs::create_dir(union.m("local")).unwrap();
+    std::fs::write(union.m("local/work.txt"), b"mine\n").unwrap();
+    append(&union.m("d/l1"), b"copied up\n").unwrap();
+    assert!(union.upper.join("d/l1").exists(), "d/l1 was copied up");
+    (lower, union)
+}
+
+/// While a thread appends to the lower file `d/l2` with the lower hung:
+/// upper paths are stat-ed, read, listed and created within the deadline;
+/// then the lower resumes and the append completes.
+fn upper_paths_work_while_a_write_waits_on_the_hung_lower(index: bool) {
+    if !fuse_available() {
+        return;
+    }
+    let (lower, union) = scene(index);
+    lower.set(Behaviour::Hanging);
+    let l2 = union.m("d/l2");
+    let stuck = {
+        let l2 = l2.clone();
+        std::thread::spawn(move || append(&l2, b"more\n"))
+    };
+    wait_for("the append to wait on the lower", DEADLINE, || {
+        lower.waiting() > 0
+    });
+
+    let m = |p: &str| -> PathBuf { union.m(p) };
+    let (work, l1, local, new) = (
+        m("local/work.txt"),
+        m("d/l1"),
+        m("local"),
+        m("local/new.txt"),
+    );
+    within("upper paths while the lower hangs", DEADLINE, move || {
+        assert_eq!(std::fs::metadata(&work).unwrap().len(), 5);
+        assert_eq!(std::fs::read(&work).unwrap(), b"mine\n");
+        assert_eq!(std::fs::read(&l1).unwrap(), b"lower one\ncopied up\n");
+        std::fs::write(&new, b"new\n").unwrap();
+        assert_eq!(std::fs::read(&new).unwrap(), b"new\n");
+        append(&work, b"more of mine\n").unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(&local)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["new.txt", "work.txt"]);
+    });
+    assert!(lower.waiting() > 0, "the append still waits on the lower");
+
+    lower.set(Behaviour::Working);
+    let appended = within("the append once the lower answers", DEADLINE, move || {
+        stuck.join()
+    });
+    appended
+        .expect("the appending thread")
+        .expect("the append succeeds once the lower answers");
+    assert_eq!(std::fs::read(&l2).unwrap(), b"lower two\nmore\n");
+}
+
+#[test]
+fn a_write_waiting_on_a_hung_lower_holds_up_no_upper_path() {
+    upper_paths_work_while_a_write_waits_on_the_hung_lower(false);
+}
+
+#[test]
+fn with_an_index_a_copy_up_waiting_on_a_hung_lower_holds_up_no_upper_path() {
+    upper_paths_work_while_a_write_waits_on_the_hung_lower(true);
+}
