@@ -1155,3 +1155,40 @@ fn a_full_project_disk_is_a_clear_error_that_loses_nothing_and_heals_when_space_
     }
     rig.assert_no_conflicts();
 }
+
+/// `mv lowertree moved` in `dir` (the mount), with its output.
+fn mv(dir: &Path, from: &str, to: &str) -> std::process::Output {
+    let (dir, from, to) = (dir.to_path_buf(), from.to_string(), to.to_string());
+    within("mv", Duration::from_secs(300), move || {
+        Command::new("mv")
+            .arg(from)
+            .arg(to)
+            .current_dir(dir)
+            .output()
+            .expect("running mv")
+    })
+}
+
+/// Regression (issue 11): `mv` of a directory only the lower (sshfs)
+/// holds failed with ENOENT after copying part of it up.
+#[test]
+fn mv_of_a_lower_directory_moves_all_of_it() {
+    require_tools!();
+    let rig = Rig::new(None, |home| make_repository(&home.join("lowertree")));
+    wait_for("the lower index", CONVERGE, || {
+        rig.compute_log().contains("lower index snapshot")
+    });
+    let before = view(&rig.home("lowertree"));
+    let out = mv(&rig.m.mount, "lowertree", "moved");
+    assert!(
+        out.status.success(),
+        "mv: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(unionsync_tests::absent(&rig.mnt("lowertree")));
+    assert_eq!(view(&rig.mnt("moved")), before);
+    rig.wait_converged(CONVERGE);
+    assert_eq!(view(&rig.home("moved")), before);
+    rig.assert_no_conflicts();
+}

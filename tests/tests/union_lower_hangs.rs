@@ -107,3 +107,59 @@ fn a_write_waiting_on_a_hung_lower_holds_up_no_upper_path() {
 fn with_an_index_a_copy_up_waiting_on_a_hung_lower_holds_up_no_upper_path() {
     upper_paths_work_while_a_write_waits_on_the_hung_lower(true);
 }
+
+/// The paths the union's journal holds for the next sync.
+fn journaled(union: &UnionMount) -> Vec<String> {
+    let (_, changes) = union.mounted().journal.lock().changes();
+    changes
+        .into_iter()
+        .map(|(path, _)| path.to_string())
+        .collect()
+}
+
+/// A rename of a lower directory reads the lower before it changes
+/// anything: while it waits on the hung lower, nothing of it shows in the
+/// union, the upper or the journal (a sync then sees nothing half made),
+/// and upper paths keep working; when the lower then fails, the rename
+/// fails with EIO and leaves nothing behind.
+#[test]
+fn a_rename_of_a_lower_directory_that_the_lower_fails_leaves_nothing_half_done() {
+    if !fuse_available() {
+        return;
+    }
+    let (lower, union) = scene(true);
+    let journaled_before = journaled(&union);
+    lower.set(Behaviour::Hanging);
+    let renaming = {
+        let (from, to) = (union.m("d"), union.m("moved"));
+        std::thread::spawn(move || std::fs::rename(from, to))
+    };
+    wait_for("the rename to wait on the lower", DEADLINE, || {
+        lower.waiting() > 0
+    });
+    assert_eq!(journaled(&union), journaled_before);
+    let (upper, moved) = (union.upper.clone(), union.m("moved"));
+    let work = union.m("local/work.txt");
+    within("upper paths while a rename waits", DEADLINE, move || {
+        assert_eq!(std::fs::read(&work).unwrap(), b"mine\n");
+        assert!(unionsync_tests::absent(&moved));
+        assert!(unionsync_tests::absent(&upper.join("moved")));
+    });
+
+    lower.set(Behaviour::Failing);
+    let renamed = within("the rename once the lower fails", DEADLINE, move || {
+        renaming.join()
+    });
+    let error = renamed
+        .expect("the renaming thread")
+        .expect_err("the rename cannot read the lower");
+    assert_eq!(error.raw_os_error(), Some(5), "EIO, got {error}");
+    lower.set(Behaviour::Working);
+    assert_eq!(journaled(&union), journaled_before);
+    assert!(unionsync_tests::absent(&union.m("moved")));
+    assert!(unionsync_tests::absent(&union.upper.join("moved")));
+    assert!(unionsync_tests::absent(&union.upper.join("d/l2")));
+    assert_eq!(std::fs::read(union.m("d/l2")).unwrap(), b"lower two\n");
+    assert!(unionsync_tests::names(&union.whiteouts).is_empty());
+    assert!(unionsync_tests::names(&union.upper.join(".unionsync/tmp")).is_empty());
+}

@@ -160,10 +160,6 @@ enum Serving {
     Kernel(Arc<fuser::BackingId>),
 }
 
-/// Fetches of a lower file for a copy-up that the lower may change under
-/// before one is copied under the lock.
-const COPY_UP_TRIES: usize = 3;
-
 /// Lower files read between two syncs that are remembered for caching.
 const MAX_PENDING_READS: usize = 10_000;
 
@@ -297,34 +293,23 @@ impl UnionFs {
     /// it (and journaled). A lower file's content is fetched before the
     /// lock is taken, so a hung lower holds up this request alone; it is
     /// placed under the lock if the lower still shows what was fetched
-    /// (else fetched again).
+    /// (else copied there).
     fn copied_up(&self, path: &RelPath) -> Result<RwLockWriteGuard<'_, ()>> {
-        for _ in 0..COPY_UP_TRIES {
-            let fetched = self.layers.fetch_for_copy_up(path).map_err(errno)?;
-            let tree = self.exclusive();
-            self.note(path);
-            match fetched {
-                Some((temp, stat)) => {
-                    if self
-                        .layers
-                        .place_fetched(path, &temp, &stat)
-                        .map_err(errno)?
-                        || self.layers.upper.lstat(path).map_err(errno)?.is_some()
-                    {
-                        return Ok(tree);
-                    }
-                }
-                None => {
-                    self.layers.copy_up(path).map_err(errno)?;
-                    return Ok(tree);
-                }
-            }
-        }
-        // The lower keeps changing under the fetch: copy under the lock.
+        let paths = std::slice::from_ref(path);
+        let mut fetched = self.layers.fetch_for_copy_up(paths).map_err(errno)?;
         let tree = self.exclusive();
         self.note(path);
-        self.layers.copy_up(path).map_err(errno)?;
+        self.layers
+            .copy_up_fetched(path, &mut fetched)
+            .map_err(errno)?;
         Ok(tree)
+    }
+
+    /// The lower files of `path`'s subtree, fetched for its copy-up before
+    /// a rename takes the exclusive lock (see [`UnionFs::copied_up`]).
+    fn fetch_subtree(&self, path: &RelPath) -> Result<super::layers::Fetched<'_>> {
+        let paths = self.tree.consistent(|| self.subtree(path))?;
+        self.layers.fetch_for_copy_up(&paths).map_err(errno)
     }
 
     /// How long the kernel may keep an entry of `layer`: lower entries
@@ -675,6 +660,8 @@ impl UnionFs {
         {
             return Err(Errno::EINVAL);
         }
+        // What the lower holds of `from` is read before the lock is taken.
+        let mut fetched = self.fetch_subtree(from)?;
         let _tree = self.exclusive();
         let (_, source) = self.stat_layer(Some(from))?;
         if from == to {
@@ -710,9 +697,13 @@ impl UnionFs {
         let from_in_lower = self.layers.lower_view(from).map_err(errno)?.is_some();
         let to_in_lower = self.layers.lower_view(to).map_err(errno)?.is_some();
         if is_dir(&source) {
-            self.layers.copy_up_tree(from).map_err(errno)?;
+            self.layers
+                .copy_up_tree(from, &mut fetched)
+                .map_err(errno)?;
         } else {
-            self.layers.copy_up(from).map_err(errno)?;
+            self.layers
+                .copy_up_fetched(from, &mut fetched)
+                .map_err(errno)?;
         }
         self.layers
             .upper_dirs(to.parent().as_ref())

@@ -15,7 +15,7 @@
 //! everything below it, is deleted here": a directory created again over
 //! one is therefore opaque without a marker of its own.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::RwLock;
 
@@ -59,6 +59,27 @@ pub struct Layers {
     /// Paths that live only here (caches, scratch space): the lower is
     /// never consulted below them and the sync never sees them.
     local_only: Vec<RelPath>,
+}
+
+/// Copies of lower files made for a copy-up and not placed yet (see
+/// [`Layers::fetch_for_copy_up`]); those never placed are removed when it
+/// is dropped.
+pub struct Fetched<'a> {
+    layers: &'a Layers,
+    files: HashMap<RelPath, (RelPath, Stat)>,
+}
+
+impl Drop for Fetched<'_> {
+    fn drop(&mut self) {
+        for (temp, _) in self.files.values() {
+            match self.layers.tmp.remove(temp, false) {
+                Err(error) if !is_absent(&error) => {
+                    tracing::warn!(%temp, %error, "temp copy left behind");
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Is `path` at or below one of `local_only`?
@@ -509,19 +530,29 @@ impl Layers {
         Ok(Some((temp, stat)))
     }
 
-    /// The first half of copying up a lower file, without any lock (a hung
-    /// lower holds up only the caller): its copy in the upper's temp area,
-    /// and what the lower showed. `None` when the upper has `path` already
-    /// or the lower shows no regular file there (nothing to fetch:
-    /// [`Layers::copy_up`] does the rest).
-    pub fn fetch_for_copy_up(&self, path: &RelPath) -> io::Result<Option<(RelPath, Stat)>> {
-        if self.upper.lstat(path)?.is_some() {
-            return Ok(None);
-        }
-        let Some(stat) = self.lower_view(path)? else {
-            return Ok(None);
+    /// The first half of copying up `paths`, without any lock (a hung
+    /// lower holds up only the caller): a copy in the upper's temp area of
+    /// each that the lower shows as a regular file, the upper not having
+    /// it yet. Directories, symlinks and the rest are left to
+    /// [`Layers::copy_up`], which needs nothing but metadata. On an error,
+    /// nothing fetched is kept.
+    pub fn fetch_for_copy_up(&self, paths: &[RelPath]) -> io::Result<Fetched<'_>> {
+        let mut fetched = Fetched {
+            layers: self,
+            files: HashMap::new(),
         };
-        Ok(self.fetch(path, &stat)?.map(|temp| (temp, stat)))
+        for path in paths {
+            if self.upper.lstat(path)?.is_some() {
+                continue;
+            }
+            let Some(stat) = self.lower_view(path)? else {
+                continue;
+            };
+            if let Some(temp) = self.fetch(path, &stat)? {
+                fetched.files.insert(path.clone(), (temp, stat));
+            }
+        }
+        Ok(fetched)
     }
 
     /// Copies the lower regular file `path`, which the lower shows as
@@ -579,17 +610,30 @@ impl Layers {
         Ok(true)
     }
 
+    /// [`Layers::copy_up`], placing the copy of `path` in `fetched` if
+    /// the lower still shows what was fetched (under the union's exclusive
+    /// lock: then no content is read here).
+    pub fn copy_up_fetched(&self, path: &RelPath, fetched: &mut Fetched<'_>) -> io::Result<()> {
+        if let Some((temp, stat)) = fetched.files.remove(path) {
+            if self.place_fetched(path, &temp, &stat)? {
+                return Ok(());
+            }
+        }
+        self.copy_up(path)
+    }
+
     /// Copies a whole lower directory tree into the upper (before renaming
-    /// it: the renamed directory must carry everything it showed).
-    pub fn copy_up_tree(&self, dir: &RelPath) -> io::Result<()> {
+    /// it: the renamed directory must carry everything it showed), placing
+    /// the files already `fetched`.
+    pub fn copy_up_tree(&self, dir: &RelPath, fetched: &mut Fetched<'_>) -> io::Result<()> {
         self.copy_up(dir)?;
         for listed in self.list(Some(dir))? {
             let path = join(Some(dir), &listed.name)?;
             if listed.layer == Layer::Lower {
-                self.copy_up(&path)?;
+                self.copy_up_fetched(&path, fetched)?;
             }
             if is_dir(&listed.stat) {
-                self.copy_up_tree(&path)?;
+                self.copy_up_tree(&path, fetched)?;
             }
         }
         Ok(())
@@ -640,7 +684,7 @@ impl Layers {
             .lower_view(path)?
             .ok_or_else(|| io::Error::from(Errno::NOENT))?;
         if is_dir(&lower) {
-            self.copy_up_tree(path)?;
+            self.copy_up_tree(path, &mut self.fetch_for_copy_up(&[])?)?;
         } else {
             self.copy_up(path)?;
         }
