@@ -133,12 +133,24 @@ pub struct Scene {
     mounts: std::cell::RefCell<Vec<PathBuf>>,
 }
 
-/// A port that was free a moment ago (the daemon binds it right after).
+/// A port that was free a moment ago (the daemon binds it right after),
+/// and that no other caller in this process got: tests run side by side
+/// and keep their ports for restarts (a project server killed and started
+/// again, sshd stopped and started), so a port released for a while must
+/// not be handed to another test's daemon meanwhile.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("binding an ephemeral loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl Default for Scene {
