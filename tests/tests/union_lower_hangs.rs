@@ -21,12 +21,17 @@ fn append(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .write_all(data)
 }
 
-/// A union over a [`TestLower`] holding `d/l1` and `d/l2`, with an
+/// A union over a [`TestLower`] holding `d/l1`, `d/l2` and `files` more
+/// at its root (`f00`, `f01`, …, each holding its name), with an
 /// upper-only directory `local/` (made through the mount) holding
 /// `work.txt`, and `d/l1` copied up by an append; with `index`, the
 /// lower's metadata comes from an index, as when the project is connected.
-fn scene(index: bool) -> (TestLower, UnionMount) {
+fn scene(index: bool, files: usize) -> (TestLower, UnionMount) {
     let lower = TestLower::new(|dir| {
+        for i in 0..files {
+            let name = format!("f{i:02}");
+            std::fs::write(dir.join(&name), name.as_bytes()).unwrap();
+        }
         std::fs::create_dir(dir.join("d")).unwrap();
         std::fs::write(dir.join("d/l1"), b"lower one\n").unwrap();
         std::fs::write(dir.join("d/l2"), b"lower two\n").unwrap();
@@ -54,7 +59,7 @@ fn upper_paths_work_while_a_write_waits_on_the_hung_lower(index: bool) {
     if !fuse_available() {
         return;
     }
-    let (lower, union) = scene(index);
+    let (lower, union) = scene(index, 0);
     lower.set(Behaviour::Hanging);
     let l2 = union.m("d/l2");
     let stuck = {
@@ -127,7 +132,7 @@ fn a_rename_of_a_lower_directory_that_the_lower_fails_leaves_nothing_half_done()
     if !fuse_available() {
         return;
     }
-    let (lower, union) = scene(true);
+    let (lower, union) = scene(true, 0);
     let journaled_before = journaled(&union);
     lower.set(Behaviour::Hanging);
     let renaming = {
@@ -162,4 +167,53 @@ fn a_rename_of_a_lower_directory_that_the_lower_fails_leaves_nothing_half_done()
     assert_eq!(std::fs::read(union.m("d/l2")).unwrap(), b"lower two\n");
     assert!(unionsync_tests::names(&union.whiteouts).is_empty());
     assert!(unionsync_tests::names(&union.upper.join(".unionsync/tmp")).is_empty());
+}
+
+/// More reads of lower files than the mount has request threads, with
+/// the lower hung: a bounded number wait on the lower, the others fail
+/// with EIO without waiting for it, and upper paths keep being served;
+/// once the lower answers, every read has ended.
+#[test]
+fn reads_waiting_on_a_hung_lower_never_take_every_request_thread() {
+    if !fuse_available() {
+        return;
+    }
+    let readers = 3 * unionsync::union::layers::LOWER_CALLERS;
+    let (lower, union) = scene(true, readers);
+    lower.set(Behaviour::Hanging);
+    let (tx, results) = std::sync::mpsc::channel();
+    for i in 0..readers {
+        let (tx, file) = (tx.clone(), union.m(&format!("f{i:02}")));
+        std::thread::spawn(move || {
+            let _ = tx.send(std::fs::read(file));
+        });
+    }
+    wait_for("reads to wait on the lower", DEADLINE, || {
+        lower.waiting() >= unionsync::union::layers::LOWER_CALLERS
+    });
+
+    let failed_at_once = readers - unionsync::union::layers::LOWER_CALLERS;
+    for _ in 0..failed_at_once {
+        let read = results
+            .recv_timeout(DEADLINE)
+            .expect("reads over the limit end while the lower hangs");
+        let error = read.expect_err("the lower does not answer");
+        assert_eq!(error.raw_os_error(), Some(5), "EIO, got {error}");
+    }
+    let (work, new) = (union.m("local/work.txt"), union.m("local/new.txt"));
+    within("upper paths while reads wait", DEADLINE, move || {
+        assert_eq!(std::fs::read(&work).unwrap(), b"mine\n");
+        std::fs::write(&new, b"new\n").unwrap();
+        assert_eq!(std::fs::read(&new).unwrap(), b"new\n");
+    });
+
+    lower.set(Behaviour::Working);
+    for _ in failed_at_once..readers {
+        let read = results
+            .recv_timeout(DEADLINE)
+            .expect("every read ends once the lower answers");
+        if let Err(error) = read {
+            assert_eq!(error.raw_os_error(), Some(5), "EIO, got {error}");
+        }
+    }
 }

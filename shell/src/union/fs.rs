@@ -523,7 +523,9 @@ impl UnionFs {
                         reads.insert(path.clone());
                     }
                     drop(reads);
-                    (self.layers.lower.open_with(&path, OFlags::RDONLY, 0), false)
+                    let lower =
+                        |root: &crate::beneath::Root| root.open_with(&path, OFlags::RDONLY, 0);
+                    (self.layers.on_lower(lower), false)
                 }
             }
         };
@@ -760,7 +762,10 @@ impl UnionFs {
         self.tree
             .consistent(|| match self.layers.resolve(&path).map_err(errno)? {
                 Some((Layer::Upper, _)) => read(&self.layers.upper, &path).map_err(errno),
-                Some((Layer::Lower, _)) => read(&self.layers.lower, &path).map_err(errno),
+                Some((Layer::Lower, _)) => self
+                    .layers
+                    .on_lower(|lower| read(lower, &path))
+                    .map_err(errno),
                 None => Err(Errno::ENOENT),
             })
     }
@@ -1059,10 +1064,17 @@ impl Filesystem for UnionFs {
                 _ => None,
             };
             let file = copy.as_ref().unwrap_or(&handle.file);
+            // Only the lower's own file waits on the lower.
+            let on_lower = copy.is_none() && !handle.upper;
             let mut buf = vec![0u8; size as usize];
             let mut done = 0;
             while done < buf.len() {
-                match file.read_at(&mut buf[done..], offset + done as u64) {
+                let at = offset + done as u64;
+                let read = match on_lower {
+                    true => self.layers.on_lower(|_| file.read_at(&mut buf[done..], at)),
+                    false => file.read_at(&mut buf[done..], at),
+                };
+                match read {
                     Ok(0) => break,
                     Ok(n) => done += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

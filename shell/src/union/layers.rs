@@ -26,6 +26,7 @@ use unionsync_core::{Meta, RelPath};
 use crate::beneath::{is_absent, meta_of, Root};
 use crate::compute_disk::whiteout_marker;
 
+use super::gate::{Gate, GatedReader};
 use super::index::{stat_of, LowerIndex};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +60,16 @@ pub struct Layers {
     /// Paths that live only here (caches, scratch space): the lower is
     /// never consulted below them and the sync never sees them.
     local_only: Vec<RelPath>,
+    /// Every call of the lower passes it: a hung lower holds a bounded
+    /// number of request threads.
+    gate: Gate,
 }
+
+/// How many requests may wait on the lower at once (of the mount's
+/// request threads), and after how long without an answer it counts as
+/// hung (see [`Gate`]).
+pub const LOWER_CALLERS: usize = 16;
+const LOWER_HUNG_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Copies of lower files made for a copy-up and not placed yet (see
 /// [`Layers::fetch_for_copy_up`]); those never placed are removed when it
@@ -162,7 +172,14 @@ impl Layers {
             lower_absent: RwLock::new(HashSet::new()),
             index: RwLock::new(None),
             local_only,
+            gate: Gate::new(LOWER_CALLERS, LOWER_HUNG_AFTER),
         })
+    }
+
+    /// `f` on the lower, once the gate lets it (EIO at once while the
+    /// lower is not answering).
+    pub fn on_lower<T>(&self, f: impl FnOnce(&Root) -> io::Result<T>) -> io::Result<T> {
+        self.gate.call(|| f(&self.lower))
     }
 
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Option<(LowerIndex, Stat)>> {
@@ -181,7 +198,9 @@ impl Layers {
         let new = LowerIndex::new(entries);
         // Owner and device for the entries; the upper's root if the lower
         // is unreachable right now.
-        let template = self.lower.root_stat().or_else(|_| self.upper.root_stat());
+        let template = self
+            .on_lower(Root::root_stat)
+            .or_else(|_| self.upper.root_stat());
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
         let changed = match index.as_ref() {
             Some((old, _)) => old.differences(&new),
@@ -258,7 +277,7 @@ impl Layers {
                 stat_of(meta, subdirs, template)
             }));
         }
-        self.lower.lstat(path)
+        self.on_lower(|lower| lower.lstat(path))
     }
 
     /// What the lower shows at `path` through the union, as sync metadata
@@ -270,13 +289,13 @@ impl Layers {
         if let Some((index, _)) = self.read_index().as_ref() {
             return Ok(index.get(path).cloned());
         }
-        let Some(stat) = self.lower.lstat(path)? else {
+        let Some(stat) = self.on_lower(|lower| lower.lstat(path))? else {
             return Ok(None);
         };
         let symlink =
             rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink;
         let target = if symlink {
-            Some(self.lower.read_link(path)?)
+            Some(self.on_lower(|lower| lower.read_link(path))?)
         } else {
             None
         };
@@ -293,7 +312,7 @@ impl Layers {
                 None => Err(Errno::NOENT.into()),
             };
         }
-        self.lower.read_link(path)
+        self.on_lower(|lower| lower.read_link(path))
     }
 
     pub fn is_local_only(&self, path: &RelPath) -> bool {
@@ -393,7 +412,7 @@ impl Layers {
                 }
                 return Ok(out);
             }
-            let names = match self.lower.names(dir) {
+            let names = match self.on_lower(|lower| lower.names(dir)) {
                 Ok(names) => names,
                 Err(e) if is_absent(&e) => Vec::new(),
                 Err(e) => return Err(e),
@@ -406,7 +425,7 @@ impl Layers {
                 if path.is_reserved() || self.is_whiteout(&path)? {
                     continue;
                 }
-                if let Some(stat) = self.lower.lstat(&path)? {
+                if let Some(stat) = self.on_lower(|lower| lower.lstat(&path))? {
                     out.push(Listed {
                         name,
                         layer: Layer::Lower,
@@ -449,7 +468,8 @@ impl Layers {
     }
 
     fn copy_xattrs(&self, path: &RelPath) -> io::Result<()> {
-        copy_xattrs(&self.lower, path, &self.upper, path)
+        self.gate
+            .call(|| copy_xattrs(&self.lower, path, &self.upper, path))
     }
 
     fn copy_times(&self, path: &RelPath, from: &Stat) -> io::Result<()> {
@@ -483,7 +503,7 @@ impl Layers {
                 self.copy_times(path, &stat)?;
             }
             rustix::fs::FileType::RegularFile => {
-                let mut source = self.lower.open_file(path)?;
+                let mut source = self.lower_reader(path)?;
                 let temp = self.temp_name();
                 let mut copy = self.tmp.create_file(&temp)?;
                 std::io::copy(&mut source, &mut copy)?;
@@ -520,8 +540,7 @@ impl Layers {
         // bytes, which must not become a clean copy. (Seconds only: sshfs
         // has no finer mtimes.)
         let agrees = self
-            .lower
-            .lstat(path)?
+            .on_lower(|lower| lower.lstat(path))?
             .is_some_and(|live| (live.st_size, live.st_mtime) == (stat.st_size, stat.st_mtime));
         if !agrees {
             self.tmp.remove(&temp, false)?;
@@ -566,12 +585,13 @@ impl Layers {
         }
         let temp = self.temp_name();
         let copied = (|| {
-            let mut source = self.lower.open_file(path)?;
+            let mut source = self.lower_reader(path)?;
             let mut copy = self.tmp.create_file(&temp)?;
             std::io::copy(&mut source, &mut copy)?;
             drop(copy);
             self.tmp.chmod(&temp, stat.st_mode & 0o7777)?;
-            copy_xattrs(&self.lower, path, &self.tmp, &temp)?;
+            self.gate
+                .call(|| copy_xattrs(&self.lower, path, &self.tmp, &temp))?;
             copy_times(&self.tmp, &temp, stat)
         })();
         match copied {
@@ -639,6 +659,15 @@ impl Layers {
         Ok(())
     }
 
+    /// The lower file `path` opened for reading, each read through the gate.
+    fn lower_reader(&self, path: &RelPath) -> io::Result<GatedReader<'_, std::fs::File>> {
+        let file = self.on_lower(|lower| lower.open_file(path))?;
+        Ok(GatedReader {
+            gate: &self.gate,
+            inner: file,
+        })
+    }
+
     fn temp_name(&self) -> RelPath {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -662,7 +691,7 @@ impl Layers {
         // Whiteouts at `path` are about to go: ask the lower itself.
         let in_lower = match self.read_index().as_ref() {
             Some((index, _)) => index.get(path).is_some(),
-            None => self.lower.lstat(path)?.is_some(),
+            None => self.on_lower(|lower| lower.lstat(path))?.is_some(),
         };
         if !in_lower {
             return Err(Errno::NOENT.into());

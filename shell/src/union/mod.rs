@@ -14,6 +14,7 @@
 //! - [`journal`]: what changed since the last sync.
 
 pub mod fs;
+pub mod gate;
 pub mod index;
 pub mod journal;
 pub mod layers;
@@ -277,9 +278,9 @@ pub fn mount(
         MountOption::Subtype("unionsync".into()),
         MountOption::DefaultPermissions,
     ];
-    // Enough threads that requests stuck on a dead lower (until sshfs or NFS
-    // gives up on it) do not stall work on the upper.
-    config.n_threads = Some(16);
+    // Twice as many threads as may wait on the lower (see `gate`): requests
+    // stuck on a hung lower never stall work on the upper.
+    config.n_threads = Some(2 * layers::LOWER_CALLERS);
     config.clone_fd = true;
     let session = fuser::spawn_mount2(fs, mountpoint, &config)?;
     Ok(Mounted {
