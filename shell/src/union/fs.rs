@@ -514,7 +514,12 @@ impl UnionFs {
         } else {
             // Opened holding no lock (a lower's open may hang). A lower
             // file copied up meanwhile is read from its copy (see `read`).
-            let (layer, _) = self.tree.consistent(|| self.stat_layer(Some(&path)))?;
+            let (path, layer) = self.tree.consistent(|| {
+                // Read again: a rename may have moved it meanwhile.
+                let path = self.path(ino)?.ok_or(Errno::EISDIR)?;
+                let (layer, _) = self.stat_layer(Some(&path))?;
+                Ok::<_, Errno>((path, layer))
+            })?;
             match layer {
                 Layer::Upper => (self.layers.upper.open_with(&path, raw & keep, 0), true),
                 Layer::Lower => {
