@@ -411,7 +411,12 @@ impl ComputeStore for DiskComputeStore {
                 );
             }
             if !full && !self.recovering {
-                return Ok(self.journal_changes(&mount.journal.clone())?);
+                // Under the union's lock: a change through the mount (a
+                // rename copying a tree up, say) is seen whole or not at
+                // all, never half made.
+                let mount = mount.clone();
+                let _exclusive = mount.exclusive();
+                return Ok(self.journal_changes(&mount.journal)?);
             }
         }
         let (mark, journaled) = match &self.mount {

@@ -133,12 +133,24 @@ pub struct Scene {
     mounts: std::cell::RefCell<Vec<PathBuf>>,
 }
 
-/// A port that was free a moment ago (the daemon binds it right after).
+/// A port that was free a moment ago (the daemon binds it right after),
+/// and that no other caller in this process got: tests run side by side
+/// and keep their ports for restarts (a project server killed and started
+/// again, sshd stopped and started), so a port released for a while must
+/// not be handed to another test's daemon meanwhile.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("binding an ephemeral loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl Default for Scene {
@@ -399,6 +411,22 @@ pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `f` on another thread and gives up after `timeout`: a hang fails
+/// the test instead of stalling it (the thread, stuck in a mount, is
+/// released when the mount goes at the end of the test).
+pub fn within<T: Send + 'static>(
+    what: &str,
+    timeout: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(timeout)
+        .unwrap_or_else(|_| panic!("{what} hung for more than {timeout:?}"))
 }
 
 /// What a tree holds at one path, as sync promises to carry it.

@@ -5,7 +5,8 @@
 //! ```text
 //! Sshd (temp dir: host key, client key, authorized_keys, sshd_config, log)
 //!   └─ /usr/sbin/sshd -D -e -f sshd_config   (127.0.0.1:<free port>)
-//! Sshfs: sshfs root@127.0.0.1:<home> <mountpoint> -o ro,reconnect,…
+//!   ready once `ssh` completes a handshake and a login with its keys
+//! Sshfs: sshfs root@127.0.0.1:<home> <mountpoint> -o ro,reconnect,…   (host key pinned)
 //! Tmpfs: a small tmpfs mounted over a directory (a project disk that fills)
 //! ```
 //!
@@ -16,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::{detach, free_port, is_mounted, read, wait_for};
 
@@ -105,6 +106,8 @@ pub struct Sshd {
     config: PathBuf,
     /// The private key a client logs in with.
     pub client_key: PathBuf,
+    /// Its host key, the only one a client accepts for its address.
+    known_hosts: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
 }
@@ -125,6 +128,13 @@ impl Sshd {
         std::fs::copy(client_key.with_extension("pub"), &authorized)
             .expect("writing authorized_keys");
         let port = free_port();
+        // A client talks to this sshd only: whatever else may answer on
+        // the port (another test's daemon) fails the host key check.
+        let known_hosts = dir.path().join("known_hosts");
+        let host_public =
+            std::fs::read_to_string(host_key.with_extension("pub")).expect("reading the host key");
+        std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_public}"))
+            .expect("writing known_hosts");
         let config = dir.path().join("sshd_config");
         let pid_file = dir.path().join("sshd.pid");
         std::fs::write(
@@ -159,6 +169,7 @@ impl Sshd {
             port,
             config,
             client_key,
+            known_hosts,
             log,
             child: None,
         };
@@ -166,9 +177,30 @@ impl Sshd {
         sshd
     }
 
-    /// Starts sshd (again, on the same port); returns once it accepts.
+    /// Options of an ssh client (as `-o` takes them) that logs in to this
+    /// sshd with its key, and trusts its host key only.
+    fn client_options(&self) -> Vec<String> {
+        vec![
+            format!("IdentityFile={}", self.client_key.display()),
+            "IdentitiesOnly=yes".into(),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "StrictHostKeyChecking=yes".into(),
+            "BatchMode=yes".into(),
+            "LogLevel=ERROR".into(),
+            "ConnectTimeout=5".into(),
+            "ServerAliveInterval=2".into(),
+            "ServerAliveCountMax=3".into(),
+        ]
+    }
+
+    /// Starts sshd (again, on the same port); returns once `ssh` logs in
+    /// through it. (Accepting a TCP connection is not enough: something
+    /// else may hold the port, and sshd may accept and still drop a
+    /// session: readiness is what sshfs needs, a handshake and a login.)
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "sshd is already running");
+        let listening = format!("Server listening on 127.0.0.1 port {}.", self.port);
+        let listened_before = read(&self.log).matches(&listening).count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -185,14 +217,27 @@ impl Sshd {
             .spawn()
             .expect("starting sshd");
         self.child = Some(child);
-        let address = format!("127.0.0.1:{}", self.port);
+        let mut login = Command::new("ssh");
+        login
+            .args(["-F", "/dev/null", "-p"])
+            .arg(self.port.to_string());
+        for option in self.client_options() {
+            login.arg("-o").arg(option);
+        }
+        login
+            .args(["root@127.0.0.1", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let child = self.child.as_mut().expect("just started");
         let log = &self.log;
-        wait_for("sshd to listen", Duration::from_secs(20), || {
+        wait_for("sshd to let ssh log in", Duration::from_secs(20), || {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("sshd exited ({status}): {}", read(log));
             }
-            std::net::TcpStream::connect(&address).is_ok()
+            // It says it listens itself before a login is tried.
+            read(log).matches(&listening).count() > listened_before
+                && login.status().is_ok_and(|s| s.success())
         });
     }
 
@@ -312,38 +357,59 @@ impl Sshfs {
         let log = sshd
             .dir()
             .join(format!("sshfs-{}.log", mountpoint.display()).replace('/', "_"));
-        let file = std::fs::File::create(&log).expect("creating the sshfs log");
-        let options = format!(
-            "IdentityFile={key},IdentitiesOnly=yes,UserKnownHostsFile=/dev/null,\
-             StrictHostKeyChecking=no,BatchMode=yes,LogLevel=ERROR,ConnectTimeout=5,\
-             ServerAliveInterval=2,ServerAliveCountMax=3,reconnect,ro,\
-             dir_cache=no,entry_timeout=0,attr_timeout=0,negative_timeout=0",
-            key = sshd.client_key.display()
+        let mut options = sshd.client_options();
+        options.extend(
+            [
+                "reconnect",
+                "ro",
+                "dir_cache=no",
+                "entry_timeout=0",
+                "attr_timeout=0",
+                "negative_timeout=0",
+            ]
+            .map(String::from),
         );
+        let options = options.join(",");
         let source = format!("root@127.0.0.1:{}", remote.display());
-        // Normal (daemon) mode: sshfs returns once the mount is up.
-        let status = Command::new("sshfs")
-            .arg(&source)
-            .arg(mountpoint)
-            .args(["-F", "/dev/null", "-p"])
-            .arg(sshd.port.to_string())
-            .arg("-o")
-            .arg(&options)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file handle"))
-            .stderr(file)
-            .status()
-            .expect("running sshfs");
         let guard = Sshfs {
             mountpoint: mountpoint.to_path_buf(),
             log,
         };
-        assert!(
-            status.success(),
-            "sshfs {source} {} failed ({status}): {}",
-            mountpoint.display(),
-            read(&guard.log)
-        );
+        // sshd let ssh log in already; a connection that still breaks on
+        // the way (a session dropped, the machine loaded) is tried again
+        // within the deadline. Every attempt is in the log.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&guard.log)
+                .expect("opening the sshfs log");
+            // Normal (daemon) mode: sshfs returns once the mount is up.
+            let status = Command::new("sshfs")
+                .arg(&source)
+                .arg(mountpoint)
+                .args(["-F", "/dev/null", "-p"])
+                .arg(sshd.port.to_string())
+                .arg("-o")
+                .arg(&options)
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().expect("log file handle"))
+                .stderr(file)
+                .status()
+                .expect("running sshfs");
+            if status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sshfs {source} {} failed ({status}), also when tried again: {}",
+                mountpoint.display(),
+                read(&guard.log)
+            );
+            detach(mountpoint);
+            std::thread::sleep(Duration::from_millis(200));
+        }
         wait_for("the sshfs mount", Duration::from_secs(20), || {
             is_mounted(mountpoint) && std::fs::metadata(mountpoint).is_ok()
         });

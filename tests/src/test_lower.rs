@@ -1,22 +1,32 @@
-//! A network lower with a switch: a read-only FUSE passthrough of a
-//! directory (the project home), served by this test process, that can be
-//! told to work, to fail every call with EIO (a dropped sshfs session), or
-//! to hang every call until it is switched back (a stalled network).
+//! A lower that a test can break: an in-process, read-only FUSE view of a
+//! directory that can be switched, at any moment, between working,
+//! failing (every request EIO, like a dropped sshfs session) and hanging
+//! (every request waits until switched back, like a stalled network).
 //!
 //! ```text
-//! home/ ◄── TestLower (fuser, in this process) ──► lower/ ◄── compute mount --lower lower/
-//!                 ▲ set_mode(Working | Failing | Hanging)
+//! TestLower::new(fill) ── dir/ (filled by `fill`) ◄── FUSE passthrough ── mnt/
+//!                                                     └─ Switch: Working │ Failing │ Hanging
 //! ```
 //!
-//! No caching: entries and attributes live 0 s and file contents are read
-//! anew at every open, so a project-side edit shows at once, as over sshfs
-//! with its caches off. Unmounted on drop (hanging calls released first),
-//! also when a test panics.
+//! The kernel keeps nothing (every TTL is zero), so every access through
+//! `mnt` reaches the switch. [`TestLower::waiting`] tells how many requests
+//! a hang holds right now, so a test can wait until a process is stuck
+//! instead of sleeping. Dropping it releases every held request and
+//! unmounts, also when a test panics.
+//!
+//! ```no_run
+//! use unionsync_tests::test_lower::{Behaviour, TestLower};
+//! let lower = TestLower::new(|dir| std::fs::write(dir.join("f"), b"x").unwrap());
+//! lower.set(Behaviour::Hanging);
+//! // … a thread reading lower.mnt.join("f") is now stuck until:
+//! lower.set(Behaviour::Working);
+//! ```
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,68 +37,93 @@ use fuser::{
     ReplyEntry, ReplyOpen, Request,
 };
 
-/// What every call on the lower does now.
+use crate::detach;
+
+/// How the lower answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LowerMode {
+pub enum Behaviour {
+    /// Like the directory it shows.
     Working,
-    /// EIO at once.
+    /// Every request fails with EIO.
     Failing,
-    /// No answer until the mode changes.
+    /// Every request waits until the behaviour changes.
     Hanging,
 }
 
-/// The switch, shared by the test and the filesystem's threads.
+#[derive(Default)]
+struct State {
+    behaviour: Option<Behaviour>,
+    waiting: usize,
+}
+
+/// The switch every request passes first.
 #[derive(Default)]
 struct Switch {
-    mode: Mutex<Option<LowerMode>>,
+    state: Mutex<State>,
     changed: Condvar,
 }
 
 impl Switch {
-    fn set(&self, mode: LowerMode) {
-        *lock(&self.mode) = Some(mode);
-        self.changed.notify_all();
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits out a hang; whether the call may go on (else EIO).
-    fn admit(&self) -> Result<(), Errno> {
-        let mut mode = lock(&self.mode);
+    /// Waits while hanging; `Err(EIO)` while failing.
+    fn pass(&self) -> Result<(), Errno> {
+        let mut state = self.state();
         loop {
-            match mode.unwrap_or(LowerMode::Working) {
-                LowerMode::Working => return Ok(()),
-                LowerMode::Failing => return Err(Errno::EIO),
-                LowerMode::Hanging => {
-                    mode = self
-                        .changed
-                        .wait(mode)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+            match state.behaviour.unwrap_or(Behaviour::Working) {
+                Behaviour::Working => return Ok(()),
+                Behaviour::Failing => return Err(Errno::EIO),
+                Behaviour::Hanging => {
+                    state.waiting += 1;
+                    state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                    state.waiting -= 1;
                 }
             }
         }
     }
+
+    fn set(&self, behaviour: Behaviour) {
+        self.state().behaviour = Some(behaviour);
+        self.changed.notify_all();
+    }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The mounted passthrough; unmounted on drop.
+/// A mounted [`TestLower`] filesystem; see the module documentation.
 pub struct TestLower {
-    session: Option<fuser::BackgroundSession>,
+    /// Where it is mounted: the lower to give a union.
+    pub mnt: PathBuf,
+    /// The directory it shows (change it directly to change the lower).
+    pub dir: PathBuf,
     switch: Arc<Switch>,
-    pub mountpoint: PathBuf,
+    session: Option<fuser::BackgroundSession>,
+    _temp: Option<tempfile::TempDir>,
 }
 
 impl TestLower {
-    /// Mounts a view of `source` at `mountpoint` (an empty directory),
-    /// working.
-    pub fn mount(source: &Path, mountpoint: &Path) -> TestLower {
-        std::fs::create_dir_all(mountpoint).expect("creating the lower's mountpoint");
+    /// A working lower showing a directory that `fill` fills first.
+    pub fn new(fill: impl FnOnce(&Path)) -> TestLower {
+        let temp = tempfile::tempdir().expect("a temp dir for the test lower");
+        let (dir, mnt) = (temp.path().join("dir"), temp.path().join("mnt"));
+        for d in [&dir, &mnt] {
+            std::fs::create_dir(d).expect("creating the test lower's directories");
+        }
+        fill(&dir);
+        TestLower::mount(dir, mnt, Some(temp))
+    }
+
+    /// A working lower showing `dir` (a project home, say) at `mnt`,
+    /// which is created if missing.
+    pub fn over(dir: &Path, mnt: &Path) -> TestLower {
+        std::fs::create_dir_all(mnt).expect("creating the test lower's mountpoint");
+        TestLower::mount(dir.to_path_buf(), mnt.to_path_buf(), None)
+    }
+
+    fn mount(dir: PathBuf, mnt: PathBuf, temp: Option<tempfile::TempDir>) -> TestLower {
         let switch = Arc::new(Switch::default());
         let fs = Passthrough {
-            source: source.to_path_buf(),
+            root: dir.clone(),
             switch: switch.clone(),
             inodes: Mutex::new(Inodes::default()),
             files: Mutex::new(HashMap::new()),
@@ -98,37 +133,44 @@ impl TestLower {
             MountOption::FSName("unionsync-test-lower".into()),
             MountOption::RO,
         ];
-        // Hung calls occupy threads: leave some for the calls that come
-        // after a hang is lifted.
-        config.n_threads = Some(8);
-        let session =
-            fuser::spawn_mount2(fs, mountpoint, &config).expect("mounting the test lower");
+        // Enough threads that the requests a hang holds leave others served.
+        config.n_threads = Some(32);
+        config.clone_fd = true;
+        let session = fuser::spawn_mount2(fs, &mnt, &config).expect("mounting the test lower");
         TestLower {
-            session: Some(session),
+            mnt,
+            dir,
             switch,
-            mountpoint: mountpoint.to_path_buf(),
+            session: Some(session),
+            _temp: temp,
         }
     }
 
-    pub fn set_mode(&self, mode: LowerMode) {
-        self.switch.set(mode);
+    /// From now on, answers as `behaviour` says (releasing the requests a
+    /// hang held, unless hanging still).
+    pub fn set(&self, behaviour: Behaviour) {
+        self.switch.set(behaviour);
+    }
+
+    /// How many requests a hang holds right now.
+    pub fn waiting(&self) -> usize {
+        self.switch.state().waiting
     }
 }
 
 impl Drop for TestLower {
     fn drop(&mut self) {
-        // A hung call would keep its thread, and the unmount, waiting.
-        self.switch.set(LowerMode::Failing);
+        self.set(Behaviour::Working);
         if let Some(session) = self.session.take() {
             if let Err(e) = session.umount_and_join() {
-                eprintln!("unmounting {}: {e}", self.mountpoint.display());
+                eprintln!("unmounting the test lower {}: {e}", self.mnt.display());
             }
         }
-        crate::detach(&self.mountpoint);
+        detach(&self.mnt);
     }
 }
 
-/// Inode numbers for the relative paths looked up so far (1 is the root).
+/// Inode numbers by path (the root is 1).
 #[derive(Default)]
 struct Inodes {
     paths: HashMap<u64, PathBuf>,
@@ -140,15 +182,15 @@ impl Inodes {
         if ino.0 == 1 {
             return Ok(PathBuf::new());
         }
-        self.paths.get(&ino.0).cloned().ok_or(Errno::ESTALE)
+        self.paths.get(&ino.0).cloned().ok_or(Errno::ENOENT)
     }
 
     fn number(&mut self, path: &Path) -> u64 {
         if path.as_os_str().is_empty() {
             return 1;
         }
-        if let Some(&ino) = self.numbers.get(path) {
-            return ino;
+        if let Some(ino) = self.numbers.get(path) {
+            return *ino;
         }
         let ino = self.paths.len() as u64 + 2;
         self.paths.insert(ino, path.to_path_buf());
@@ -158,16 +200,23 @@ impl Inodes {
 }
 
 struct Passthrough {
-    source: PathBuf,
+    root: PathBuf,
     switch: Arc<Switch>,
     inodes: Mutex<Inodes>,
-    files: Mutex<HashMap<u64, File>>,
+    files: Mutex<HashMap<u64, Arc<File>>>,
 }
 
-const TTL: Duration = Duration::ZERO;
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
 
-fn errno(e: std::io::Error) -> Errno {
-    e.raw_os_error().map_or(Errno::EIO, Errno::from_i32)
+fn io(error: std::io::Error) -> Errno {
+    Errno::from(error)
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    let at = UNIX_EPOCH + Duration::from_secs(sec.unsigned_abs());
+    at + Duration::from_nanos(nsec.unsigned_abs())
 }
 
 fn kind(meta: &std::fs::Metadata) -> FileType {
@@ -176,13 +225,13 @@ fn kind(meta: &std::fs::Metadata) -> FileType {
         FileType::Directory
     } else if t.is_symlink() {
         FileType::Symlink
+    } else if t.is_fifo() {
+        FileType::NamedPipe
+    } else if t.is_socket() {
+        FileType::Socket
     } else {
         FileType::RegularFile
     }
-}
-
-fn time(sec: i64, nsec: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::new(sec.max(0) as u64, nsec as u32)
 }
 
 fn attr(ino: u64, meta: &std::fs::Metadata) -> FileAttr {
@@ -199,64 +248,77 @@ fn attr(ino: u64, meta: &std::fs::Metadata) -> FileAttr {
         nlink: meta.nlink() as u32,
         uid: meta.uid(),
         gid: meta.gid(),
-        rdev: 0,
-        blksize: 4096,
+        rdev: meta.rdev() as u32,
+        blksize: meta.blksize() as u32,
         flags: 0,
     }
 }
 
 impl Passthrough {
-    /// The relative path of `ino`, once the switch lets the call through.
-    fn admitted(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
-        self.switch.admit()?;
+    /// The backing path of `ino` (after the switch let the request pass).
+    fn path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
+        self.switch.pass()?;
         lock(&self.inodes).path(ino)
     }
 
-    fn stat(&self, rel: &Path) -> Result<(u64, std::fs::Metadata), Errno> {
-        let meta = std::fs::symlink_metadata(self.source.join(rel)).map_err(errno)?;
-        Ok((lock(&self.inodes).number(rel), meta))
+    fn entry(&self, rel: &Path) -> Result<FileAttr, Errno> {
+        let meta = std::fs::symlink_metadata(self.root.join(rel)).map_err(io)?;
+        Ok(attr(lock(&self.inodes).number(rel), &meta))
+    }
+
+    fn listing(&self, ino: INodeNo) -> Result<Vec<(u64, FileType, Vec<u8>)>, Errno> {
+        let rel = self.path(ino)?;
+        let mut out = vec![
+            (ino.0, FileType::Directory, b".".to_vec()),
+            (1, FileType::Directory, b"..".to_vec()),
+        ];
+        for entry in std::fs::read_dir(self.root.join(&rel)).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let meta = entry.metadata().map_err(io)?;
+            let ino = lock(&self.inodes).number(&rel.join(entry.file_name()));
+            out.push((ino, kind(&meta), entry.file_name().as_bytes().to_vec()));
+        }
+        Ok(out)
     }
 }
 
 impl Filesystem for Passthrough {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self
-            .admitted(parent)
-            .and_then(|dir| self.stat(&dir.join(name)))
+            .path(parent)
+            .and_then(|dir| self.entry(&dir.join(name)))
         {
-            Ok((ino, meta)) => reply.entry(&TTL, &attr(ino, &meta), Generation(0)),
+            Ok(attr) => reply.entry(&Duration::ZERO, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.admitted(ino).and_then(|path| self.stat(&path)) {
-            Ok((ino, meta)) => reply.attr(&TTL, &attr(ino, &meta)),
+        match self.path(ino).and_then(|path| self.entry(&path)) {
+            Ok(attr) => reply.attr(&Duration::ZERO, &attr),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let target = self
-            .admitted(ino)
-            .and_then(|path| std::fs::read_link(self.source.join(path)).map_err(errno));
+            .path(ino)
+            .and_then(|path| std::fs::read_link(self.root.join(path)).map_err(io));
         match target {
-            Ok(target) => reply.data(target.as_os_str().as_encoded_bytes()),
+            Ok(target) => reply.data(target.as_os_str().as_bytes()),
             Err(e) => reply.error(e),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let file = self
-            .admitted(ino)
-            .and_then(|path| File::open(self.source.join(path)).map_err(errno));
+            .path(ino)
+            .and_then(|path| File::open(self.root.join(path)).map_err(io));
         match file {
             Ok(file) => {
                 let mut files = lock(&self.files);
-                let fh = (0..)
-                    .find(|fh| !files.contains_key(fh))
-                    .expect("a free handle");
-                files.insert(fh, file);
+                let fh = (1..).find(|fh| !files.contains_key(fh)).unwrap_or(0);
+                files.insert(fh, Arc::new(file));
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(e),
@@ -274,11 +336,10 @@ impl Filesystem for Passthrough {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let data = self.switch.admit().and_then(|()| {
-            let files = lock(&self.files);
-            let file = files.get(&fh.0).ok_or(Errno::EBADF)?;
+        let data = self.switch.pass().and_then(|()| {
+            let file = lock(&self.files).get(&fh.0).cloned().ok_or(Errno::EBADF)?;
             let mut buf = vec![0; size as usize];
-            let n = file.read_at(&mut buf, offset).map_err(errno)?;
+            let n = file.read_at(&mut buf, offset).map_err(io)?;
             buf.truncate(n);
             Ok(buf)
         });
@@ -298,8 +359,16 @@ impl Filesystem for Passthrough {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // Never held: a file closed must stay closed whatever the switch.
         lock(&self.files).remove(&fh.0);
         reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.path(ino) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn readdir(
@@ -310,28 +379,15 @@ impl Filesystem for Passthrough {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listed = self.admitted(ino).and_then(|dir| {
-            let mut names: Vec<_> = std::fs::read_dir(self.source.join(&dir))
-                .map_err(errno)?
-                .filter_map(|entry| entry.ok())
-                .map(|entry| entry.file_name())
-                .collect();
-            names.sort();
-            let mut out = vec![
-                (ino.0, FileType::Directory, ".".into()),
-                (1, FileType::Directory, "..".into()),
-            ];
-            for name in names {
-                if let Ok((child, meta)) = self.stat(&dir.join(&name)) {
-                    out.push((child, kind(&meta), name));
-                }
-            }
-            Ok(out)
-        });
-        match listed {
+        match self.listing(ino) {
             Ok(entries) => {
                 for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
+                    if reply.add(
+                        INodeNo(*ino),
+                        (i + 1) as u64,
+                        *kind,
+                        OsStr::from_bytes(name),
+                    ) {
                         break;
                     }
                 }

@@ -19,11 +19,10 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use unionsync_tests::sshd::{sshfs_e2e_available, Sshd, Sshfs, Tmpfs};
-use unionsync_tests::{binary, conflicts, tree, wait_for, Daemon, Entry, MountDirs, Scene};
+use unionsync_tests::{binary, conflicts, tree, wait_for, within, Daemon, Entry, MountDirs, Scene};
 
 /// How long a quiet system may take to converge.
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -255,22 +254,6 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
-}
-
-/// Runs `f` on another thread and gives up after `timeout`: a hang fails
-/// the test instead of stalling it (a thread stuck in the mount is released
-/// when the union daemon is killed at the end of the test).
-fn within<T: Send + 'static>(
-    what: &str,
-    timeout: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(timeout)
-        .unwrap_or_else(|_| panic!("{what} hung for more than {timeout:?}"))
 }
 
 /// Reads `path`, failing the test if that takes more than `timeout`.
@@ -1278,5 +1261,42 @@ fn edits_of_lower_files_survive_a_kill_9_before_their_sync_without_conflicts() {
         })
     });
     rig.wait_converged(CONVERGE);
+    rig.assert_no_conflicts();
+}
+
+/// `mv lowertree moved` in `dir` (the mount), with its output.
+fn mv(dir: &Path, from: &str, to: &str) -> std::process::Output {
+    let (dir, from, to) = (dir.to_path_buf(), from.to_string(), to.to_string());
+    within("mv", Duration::from_secs(300), move || {
+        Command::new("mv")
+            .arg(from)
+            .arg(to)
+            .current_dir(dir)
+            .output()
+            .expect("running mv")
+    })
+}
+
+/// Regression (issue 11): `mv` of a directory only the lower (sshfs)
+/// holds failed with ENOENT after copying part of it up.
+#[test]
+fn mv_of_a_lower_directory_moves_all_of_it() {
+    require_tools!();
+    let rig = Rig::new(None, |home| make_repository(&home.join("lowertree")));
+    wait_for("the lower index", CONVERGE, || {
+        rig.compute_log().contains("lower index snapshot")
+    });
+    let before = view(&rig.home("lowertree"));
+    let out = mv(&rig.m.mount, "lowertree", "moved");
+    assert!(
+        out.status.success(),
+        "mv: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(unionsync_tests::absent(&rig.mnt("lowertree")));
+    assert_eq!(view(&rig.mnt("moved")), before);
+    rig.wait_converged(CONVERGE);
+    assert_eq!(view(&rig.home("moved")), before);
     rig.assert_no_conflicts();
 }

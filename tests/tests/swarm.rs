@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use unionsync_tests::test_lower::{LowerMode, TestLower};
+use unionsync_tests::test_lower::{Behaviour, TestLower};
 use unionsync_tests::{binary, detach, fuse_available, tree, Daemon, Entry, MountDirs, Scene};
 
 /// The seeds `cargo test` runs; each has its failing-lower episode.
@@ -415,7 +415,7 @@ enum Step {
     User(UserOp),
     Project(ProjectOp),
     SyncNow,
-    Lower(LowerMode),
+    Lower(Behaviour),
     Crash,
 }
 
@@ -752,16 +752,16 @@ fn plan(rng: &mut SmallRng, seed: u64, lower_only: &[PathBuf]) -> Vec<Step> {
     for step in 0..STEPS {
         let failing = (fail_at..fail_at + fail_len).contains(&step);
         if step == fail_at {
-            steps.push(Step::Lower(LowerMode::Failing));
+            steps.push(Step::Lower(Behaviour::Failing));
         }
         if step == fail_at + fail_len {
-            steps.push(Step::Lower(LowerMode::Working));
+            steps.push(Step::Lower(Behaviour::Working));
         }
         if hang_at == Some(step) {
-            steps.push(Step::Lower(LowerMode::Hanging));
+            steps.push(Step::Lower(Behaviour::Hanging));
         }
         if hang_at.map(|h| h + hang_len) == Some(step) {
-            steps.push(Step::Lower(LowerMode::Working));
+            steps.push(Step::Lower(Behaviour::Working));
         }
         let hanging = hang_at.is_some_and(|h| (h..h + hang_len).contains(&step));
         // (A start over a lower that does not answer is another story.)
@@ -784,7 +784,7 @@ fn plan(rng: &mut SmallRng, seed: u64, lower_only: &[PathBuf]) -> Vec<Step> {
             _ => Step::SyncNow,
         });
     }
-    steps.push(Step::Lower(LowerMode::Working));
+    steps.push(Step::Lower(Behaviour::Working));
     steps
 }
 
@@ -803,10 +803,10 @@ struct Rig {
 
 impl Rig {
     fn start(scene: Scene) -> Rig {
-        let lower = TestLower::mount(&scene.home, &scene.path().join("lower"));
+        let lower = TestLower::over(&scene.home, &scene.path().join("lower"));
         let project = scene.start_project();
         let m = scene.mount_dirs(1);
-        let compute = scene.start_compute_mount_over(&m, &lower.mountpoint, &[]);
+        let compute = scene.start_compute_mount_over(&m, &lower.mnt, &[]);
         Rig {
             compute: Some(compute),
             _project: project,
@@ -826,9 +826,9 @@ impl Rig {
         // Started means serving: a stale mount may still answer `stat`
         // from the kernel's cache, but never a listing.
         let start = || {
-            let mut daemon =
-                self.scene
-                    .start_compute_mount_over(&self.m, &self.lower.mountpoint, &[]);
+            let mut daemon = self
+                .scene
+                .start_compute_mount_over(&self.m, &self.lower.mnt, &[]);
             let serving = wait_until(Duration::from_secs(20), || {
                 !daemon.running() || std::fs::read_dir(&self.m.mount).is_ok()
             });
@@ -1010,24 +1010,24 @@ fn run_case(seed: u64) -> Result<String, Failure> {
     let mut stalls = 0;
     let mut froze = false;
     let worker = Worker::new(rig.m.mount.clone());
-    let mut mode = LowerMode::Working;
+    let mut mode = Behaviour::Working;
     for (i, step) in steps.iter().enumerate() {
         let line = match step {
             Step::User(op) => {
                 worker.jobs.send(op.clone()).expect("the worker runs");
-                let patience = if mode == LowerMode::Hanging {
+                let patience = if mode == Behaviour::Hanging {
                     STALL
                 } else {
                     FROZEN
                 };
                 let done = match worker.done.recv_timeout(patience) {
                     Ok(done) => Some(done),
-                    Err(_) if mode == LowerMode::Hanging => {
+                    Err(_) if mode == Behaviour::Hanging => {
                         // Waiting on the hung lower: lift the hang; the
                         // operation must then finish.
                         stalls += 1;
-                        rig.lower.set_mode(LowerMode::Working);
-                        mode = LowerMode::Working;
+                        rig.lower.set(Behaviour::Working);
+                        mode = Behaviour::Working;
                         trace.push(format!("#{i} stalled on the hung lower: lifting the hang"));
                         worker.done.recv_timeout(FROZEN).ok()
                     }
@@ -1053,7 +1053,7 @@ fn run_case(seed: u64) -> Result<String, Failure> {
             }
             Step::SyncNow => {
                 let patience = match mode {
-                    LowerMode::Working => SYNC,
+                    Behaviour::Working => SYNC,
                     _ => Duration::from_secs(2),
                 };
                 match rig.sync_wait(patience) {
@@ -1062,7 +1062,7 @@ fn run_case(seed: u64) -> Result<String, Failure> {
                 }
             }
             Step::Lower(new) => {
-                rig.lower.set_mode(*new);
+                rig.lower.set(*new);
                 mode = *new;
                 format!("lower {new:?}")
             }
@@ -1076,7 +1076,7 @@ fn run_case(seed: u64) -> Result<String, Failure> {
         };
         trace.push(format!("#{i} {line}"));
     }
-    rig.lower.set_mode(LowerMode::Working);
+    rig.lower.set(Behaviour::Working);
     if !froze {
         problems.extend(quiesce_and_check(&rig, &ledger, &mut trace));
     }

@@ -3,9 +3,10 @@
 //! `Result<_, Errno>` and the trait methods only reply.
 //!
 //! ```text
-//! kernel ─► lookup/getattr/readdir ─► read lock ─► Layers::resolve / list
-//!        ─► create/write/unlink/rename/setattr ─► write lock ─► journal.note(path, seen)
-//!                                                 ─► copy-up if lower ─► upper / whiteouts
+//! kernel ─► lookup/getattr/readdir/open ─► Tree::consistent (no lock) ─► Layers::resolve / list
+//!        ─► create/write/unlink/rename/setattr ─► fetch a lower file's copy (no lock)
+//!                                                 ─► write lock ─► journal.note(path, seen)
+//!                                                 ─► place the copy-up ─► upper / whiteouts
 //!        ─► read/write on an open handle ─► pread/pwrite (no lock)
 //! ```
 
@@ -16,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -30,6 +31,7 @@ use unionsync_core::{Meta, RelPath};
 
 use super::journal::{Seen, SharedJournal};
 use super::layers::{is_dir, path_error, Layer, Layers};
+use super::tree::Tree;
 use crate::beneath::meta_of;
 
 /// How long the kernel may cache an upper entry, its attributes, and a
@@ -169,8 +171,9 @@ pub struct UnionFs {
     journal: SharedJournal,
     /// Lower files read since the last sync (cached at its start).
     reads: Arc<Mutex<BTreeSet<RelPath>>>,
-    /// Structure changes (and the sync's steps) exclusive, lookups shared.
-    tree: Arc<RwLock<()>>,
+    /// Structure changes (and the sync's steps) exclusive; reads hold
+    /// nothing (see [`Tree`]).
+    tree: Arc<Tree>,
     inodes: Arc<Mutex<Inodes>>,
     files: Mutex<HashMap<u64, Arc<Handle>>>,
     dirs: Mutex<HashMap<u64, Vec<Listing>>>,
@@ -251,7 +254,7 @@ impl UnionFs {
         layers: Arc<Layers>,
         reads: Arc<Mutex<BTreeSet<RelPath>>>,
         journal: SharedJournal,
-        tree: Arc<RwLock<()>>,
+        tree: Arc<Tree>,
         inodes: Arc<Mutex<Inodes>>,
     ) -> UnionFs {
         UnionFs {
@@ -281,15 +284,32 @@ impl UnionFs {
     }
 
     /// Held by every structural change (and by the sync's steps): one at
-    /// a time, with no lookup in between. A poisoned lock is still sound:
-    /// each change leaves the layers consistent step by step.
+    /// a time. Never held while waiting on the lower.
     fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
-        self.tree.write().unwrap_or_else(|p| p.into_inner())
+        self.tree.exclusive()
     }
 
-    /// Held by lookups and listings, which may run side by side.
-    fn shared(&self) -> RwLockReadGuard<'_, ()> {
-        self.tree.read().unwrap_or_else(|p| p.into_inner())
+    /// The exclusive lock, with `path` copied up first if the lower shows
+    /// it (and journaled). A lower file's content is fetched before the
+    /// lock is taken, so a hung lower holds up this request alone; it is
+    /// placed under the lock if the lower still shows what was fetched
+    /// (else copied there).
+    fn copied_up(&self, path: &RelPath) -> Result<RwLockWriteGuard<'_, ()>> {
+        let paths = std::slice::from_ref(path);
+        let mut fetched = self.layers.fetch_for_copy_up(paths).map_err(errno)?;
+        let tree = self.exclusive();
+        self.note(path);
+        self.layers
+            .copy_up_fetched(path, &mut fetched)
+            .map_err(errno)?;
+        Ok(tree)
+    }
+
+    /// The lower files of `path`'s subtree, fetched for its copy-up before
+    /// a rename takes the exclusive lock (see [`UnionFs::copied_up`]).
+    fn fetch_subtree(&self, path: &RelPath) -> Result<super::layers::Fetched<'_>> {
+        let paths = self.tree.consistent(|| self.subtree(path))?;
+        self.layers.fetch_for_copy_up(&paths).map_err(errno)
     }
 
     /// How long the kernel may keep an entry of `layer`: lower entries
@@ -519,27 +539,31 @@ impl UnionFs {
         let writes = raw.intersects(OFlags::WRONLY | OFlags::RDWR | OFlags::TRUNC);
         let keep = OFlags::RWMODE | OFlags::APPEND | OFlags::TRUNC | OFlags::SYNC | OFlags::DSYNC;
         let (file, upper) = if writes {
-            let _tree = self.exclusive();
-            self.note(&path);
-            self.layers.copy_up(&path).map_err(errno)?;
+            let _tree = self.copied_up(&path)?;
             let file = self.layers.upper.open_with(&path, raw & keep, 0);
             self.noted_after(&path);
             (file, true)
         } else {
-            let _tree = self.shared();
-            match self.layers.resolve(&path).map_err(errno)? {
-                Some((Layer::Upper, _)) => {
-                    (self.layers.upper.open_with(&path, raw & keep, 0), true)
-                }
-                Some((Layer::Lower, _)) => {
+            // Opened holding no lock (a lower's open may hang). A lower
+            // file copied up meanwhile is read from its copy (see `read`).
+            let (path, layer) = self.tree.consistent(|| {
+                // Read again: a rename may have moved it meanwhile.
+                let path = self.path(ino)?.ok_or(Errno::EISDIR)?;
+                let (layer, _) = self.stat_layer(Some(&path))?;
+                Ok::<_, Errno>((path, layer))
+            })?;
+            match layer {
+                Layer::Upper => (self.layers.upper.open_with(&path, raw & keep, 0), true),
+                Layer::Lower => {
                     let mut reads = lock(&self.reads);
                     if reads.len() < MAX_PENDING_READS && !self.layers.is_local_only(&path) {
                         reads.insert(path.clone());
                     }
                     drop(reads);
-                    (self.layers.lower.open_with(&path, OFlags::RDONLY, 0), false)
+                    let lower =
+                        |root: &crate::beneath::Root| root.open_with(&path, OFlags::RDONLY, 0);
+                    (self.layers.on_lower(lower), false)
                 }
-                None => return Err(Errno::ENOENT),
             }
         };
         let writable = raw.intersects(OFlags::WRONLY | OFlags::RDWR);
@@ -565,9 +589,7 @@ impl UnionFs {
             // Unlinked (or renamed over) while open.
             Err(_) => return self.setattr_unlinked(ino.0, fh, mode, owner, size, times),
         };
-        let _tree = self.exclusive();
-        self.note(&path);
-        self.layers.copy_up(&path).map_err(errno)?;
+        let _tree = self.copied_up(&path)?;
         let upper = &self.layers.upper;
         if let Some(mode) = mode {
             upper.chmod(&path, mode).map_err(errno)?;
@@ -690,6 +712,8 @@ impl UnionFs {
         {
             return Err(Errno::EINVAL);
         }
+        // What the lower holds of `from` is read before the lock is taken.
+        let mut fetched = self.fetch_subtree(from)?;
         let _tree = self.exclusive();
         let (_, source) = self.stat_layer(Some(from))?;
         if from == to {
@@ -737,9 +761,13 @@ impl UnionFs {
             }
         }
         if is_dir(&source) {
-            self.layers.copy_up_tree(from).map_err(errno)?;
+            self.layers
+                .copy_up_tree(from, &mut fetched)
+                .map_err(errno)?;
         } else {
-            self.layers.copy_up(from).map_err(errno)?;
+            self.layers
+                .copy_up_fetched(from, &mut fetched)
+                .map_err(errno)?;
         }
         self.layers
             .upper_dirs(to.parent().as_ref())
@@ -765,7 +793,10 @@ impl UnionFs {
     }
 
     fn do_readdir(&self, ino: INodeNo) -> Result<Vec<Listing>> {
-        let _tree = self.shared();
+        self.tree.consistent(|| self.listing(ino))
+    }
+
+    fn listing(&self, ino: INodeNo) -> Result<Vec<Listing>> {
         let dir = self.path(ino)?;
         let parent_ino = match dir.as_ref().and_then(RelPath::parent) {
             Some(parent) => self.number(&parent),
@@ -790,16 +821,18 @@ impl UnionFs {
     fn read_xattrs(
         &self,
         ino: INodeNo,
-        read: impl FnOnce(&crate::beneath::Root, &RelPath) -> std::io::Result<Vec<u8>>,
+        read: impl Fn(&crate::beneath::Root, &RelPath) -> std::io::Result<Vec<u8>>,
     ) -> Result<Vec<u8>> {
         let path = self.path(ino)?.ok_or(Errno::ENOTSUP)?;
-        let _tree = self.shared();
-        match self.layers.resolve(&path).map_err(errno)? {
-            Some((Layer::Upper, _)) => read(&self.layers.upper, &path),
-            Some((Layer::Lower, _)) => read(&self.layers.lower, &path),
-            None => return Err(Errno::ENOENT),
-        }
-        .map_err(errno)
+        self.tree
+            .consistent(|| match self.layers.resolve(&path).map_err(errno)? {
+                Some((Layer::Upper, _)) => read(&self.layers.upper, &path).map_err(errno),
+                Some((Layer::Lower, _)) => self
+                    .layers
+                    .on_lower(|lower| read(lower, &path))
+                    .map_err(errno),
+                None => Err(Errno::ENOENT),
+            })
     }
 
     /// Changing one copies the path up first, like any metadata change.
@@ -809,9 +842,7 @@ impl UnionFs {
         write: impl FnOnce(&crate::beneath::Root, &RelPath) -> std::io::Result<()>,
     ) -> Result<()> {
         let path = self.path(ino)?.ok_or(Errno::ENOTSUP)?;
-        let _tree = self.exclusive();
-        self.note(&path);
-        self.layers.copy_up(&path).map_err(errno)?;
+        let _tree = self.copied_up(&path)?;
         write(&self.layers.upper, &path).map_err(errno)?;
         self.noted_after(&path);
         Ok(())
@@ -872,8 +903,7 @@ impl Filesystem for UnionFs {
             if path.is_reserved() {
                 return Err(Errno::ENOENT);
             }
-            let _tree = self.shared();
-            match self.entry(&path) {
+            self.tree.consistent(|| match self.entry(&path) {
                 // Absent from both layers where only this mount (or the
                 // sync, which invalidates) can create it: let the kernel
                 // remember that (inode 0 is a negative entry).
@@ -882,7 +912,7 @@ impl Filesystem for UnionFs {
                     Ok((absent, UPPER_TTL))
                 }
                 other => other,
-            }
+            })
         });
         reply_entry(reply, result);
     }
@@ -911,9 +941,10 @@ impl Filesystem for UnionFs {
                     return Ok((attr(ino.0, &stat), LOWER_TTL));
                 }
             };
-            let _tree = self.shared();
-            let (layer, stat) = self.stat_layer(path.as_ref())?;
-            Ok((attr(ino.0, &stat), self.ttl(layer)))
+            self.tree.consistent(|| {
+                let (layer, stat) = self.stat_layer(path.as_ref())?;
+                Ok((attr(ino.0, &stat), self.ttl(layer)))
+            })
         })();
         match result {
             Ok((attr, ttl)) => reply.attr(&ttl, &attr),
@@ -948,13 +979,12 @@ impl Filesystem for UnionFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let result = (|| {
             let path = self.path(ino)?.ok_or(Errno::EINVAL)?;
-            let _tree = self.shared();
-            match self.layers.resolve(&path).map_err(errno)? {
-                Some((Layer::Upper, _)) => self.layers.upper.read_link(&path),
-                Some((Layer::Lower, _)) => self.layers.lower_read_link(&path),
-                None => return Err(Errno::ENOENT),
-            }
-            .map_err(errno)
+            self.tree
+                .consistent(|| match self.layers.resolve(&path).map_err(errno)? {
+                    Some((Layer::Upper, _)) => self.layers.upper.read_link(&path).map_err(errno),
+                    Some((Layer::Lower, _)) => self.layers.lower_read_link(&path).map_err(errno),
+                    None => Err(Errno::ENOENT),
+                })
         })();
         match result {
             Ok(target) => reply.data(&target),
@@ -1065,9 +1095,7 @@ impl Filesystem for UnionFs {
             let from = self.path(ino)?.ok_or(Errno::EPERM)?;
             let to = self.child(newparent, newname)?;
             {
-                let _tree = self.exclusive();
-                self.note(&from);
-                self.layers.copy_up(&from).map_err(errno)?;
+                let _tree = self.copied_up(&from)?;
                 self.noted_after(&from);
             }
             self.create_entry(&to, |layers| layers.upper.link(&from, &to))
@@ -1106,10 +1134,17 @@ impl Filesystem for UnionFs {
                 _ => None,
             };
             let file = copy.as_ref().unwrap_or(&handle.file);
+            // Only the lower's own file waits on the lower.
+            let on_lower = copy.is_none() && !handle.upper;
             let mut buf = vec![0u8; size as usize];
             let mut done = 0;
             while done < buf.len() {
-                match file.read_at(&mut buf[done..], offset + done as u64) {
+                let at = offset + done as u64;
+                let read = match on_lower {
+                    true => self.layers.on_lower(|_| file.read_at(&mut buf[done..], at)),
+                    false => file.read_at(&mut buf[done..], at),
+                };
+                match read {
                     Ok(0) => break,
                     Ok(n) => done += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

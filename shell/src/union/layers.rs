@@ -15,7 +15,7 @@
 //! everything below it, is deleted here": a directory created again over
 //! one is therefore opaque without a marker of its own.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::RwLock;
 
@@ -26,6 +26,7 @@ use unionsync_core::{Meta, RelPath};
 use crate::beneath::{is_absent, meta_of, Root};
 use crate::compute_disk::whiteout_marker;
 
+use super::gate::{Gate, GatedReader};
 use super::index::{stat_of, LowerIndex};
 use super::journal::Seen;
 
@@ -60,6 +61,36 @@ pub struct Layers {
     /// Paths that live only here (caches, scratch space): the lower is
     /// never consulted below them and the sync never sees them.
     local_only: Vec<RelPath>,
+    /// Every call of the lower passes it: a hung lower holds a bounded
+    /// number of request threads.
+    gate: Gate,
+}
+
+/// How many requests may wait on the lower at once (of the mount's
+/// request threads), and after how long without an answer it counts as
+/// hung (see [`Gate`]).
+pub const LOWER_CALLERS: usize = 16;
+const LOWER_HUNG_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Copies of lower files made for a copy-up and not placed yet (see
+/// [`Layers::fetch_for_copy_up`]); those never placed are removed when it
+/// is dropped.
+pub struct Fetched<'a> {
+    layers: &'a Layers,
+    files: HashMap<RelPath, (RelPath, Stat)>,
+}
+
+impl Drop for Fetched<'_> {
+    fn drop(&mut self) {
+        for (temp, _) in self.files.values() {
+            match self.layers.tmp.remove(temp, false) {
+                Err(error) if !is_absent(&error) => {
+                    tracing::warn!(%temp, %error, "temp copy left behind");
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Is `path` at or below one of `local_only`?
@@ -90,6 +121,38 @@ pub fn path_error(error: unionsync_core::PathError) -> io::Error {
     }
 }
 
+/// Copies the extended attributes of `from` in `source` to `to` in
+/// `target` (a filesystem without them on either side is not an error).
+fn copy_xattrs(source: &Root, from: &RelPath, target: &Root, to: &RelPath) -> io::Result<()> {
+    let names = match source.xattr_list(from) {
+        Ok(names) => names,
+        Err(e) if Errno::from_io_error(&e) == Some(Errno::NOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let value = source.xattr_get(from, name)?;
+        match target.xattr_set(to, name, &value, 0) {
+            // Namespaces this process may not write (trusted.*, …).
+            Err(e) if matches!(Errno::from_io_error(&e), Some(Errno::NOTSUP | Errno::PERM)) => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Gives `path` in `root` the access and modification times of `from`.
+fn copy_times(root: &Root, path: &RelPath, from: &Stat) -> io::Result<()> {
+    let ts = |sec: i64, nsec: u64| Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    root.set_times(
+        path,
+        Some(ts(from.st_atime, from.st_atime_nsec)),
+        Some(ts(from.st_mtime, from.st_mtime_nsec)),
+    )
+}
+
 impl Layers {
     pub fn new(
         upper: Root,
@@ -110,7 +173,14 @@ impl Layers {
             lower_absent: RwLock::new(HashSet::new()),
             index: RwLock::new(None),
             local_only,
+            gate: Gate::new(LOWER_CALLERS, LOWER_HUNG_AFTER),
         })
+    }
+
+    /// `f` on the lower, once the gate lets it (EIO at once while the
+    /// lower is not answering).
+    pub fn on_lower<T>(&self, f: impl FnOnce(&Root) -> io::Result<T>) -> io::Result<T> {
+        self.gate.call(|| f(&self.lower))
     }
 
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Option<(LowerIndex, Stat)>> {
@@ -129,7 +199,9 @@ impl Layers {
         let new = LowerIndex::new(entries);
         // Owner and device for the entries; the upper's root if the lower
         // is unreachable right now.
-        let template = self.lower.root_stat().or_else(|_| self.upper.root_stat());
+        let template = self
+            .on_lower(Root::root_stat)
+            .or_else(|_| self.upper.root_stat());
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
         let changed = match index.as_ref() {
             Some((old, _)) => old.differences(&new),
@@ -206,7 +278,7 @@ impl Layers {
                 stat_of(meta, subdirs, template)
             }));
         }
-        self.lower.lstat(path)
+        self.on_lower(|lower| lower.lstat(path))
     }
 
     /// What the lower shows at `path` through the union, as sync metadata
@@ -230,13 +302,13 @@ impl Layers {
 
     /// `path` as the lower mount itself shows it.
     fn lower_mount_meta(&self, path: &RelPath) -> io::Result<Option<Meta>> {
-        let Some(stat) = self.lower.lstat(path)? else {
+        let Some(stat) = self.on_lower(|lower| lower.lstat(path))? else {
             return Ok(None);
         };
         let symlink =
             rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink;
         let target = if symlink {
-            Some(self.lower.read_link(path)?)
+            Some(self.on_lower(|lower| lower.read_link(path))?)
         } else {
             None
         };
@@ -253,7 +325,7 @@ impl Layers {
                 None => Err(Errno::NOENT.into()),
             };
         }
-        self.lower.read_link(path)
+        self.on_lower(|lower| lower.read_link(path))
     }
 
     pub fn is_local_only(&self, path: &RelPath) -> bool {
@@ -353,7 +425,7 @@ impl Layers {
                 }
                 return Ok(out);
             }
-            let names = match self.lower.names(dir) {
+            let names = match self.on_lower(|lower| lower.names(dir)) {
                 Ok(names) => names,
                 Err(e) if is_absent(&e) => Vec::new(),
                 Err(e) => return Err(e),
@@ -366,7 +438,7 @@ impl Layers {
                 if path.is_reserved() || self.is_whiteout(&path)? {
                     continue;
                 }
-                if let Some(stat) = self.lower.lstat(&path)? {
+                if let Some(stat) = self.on_lower(|lower| lower.lstat(&path))? {
                     out.push(Listed {
                         name,
                         layer: Layer::Lower,
@@ -408,36 +480,13 @@ impl Layers {
         Ok(())
     }
 
-    /// Copies the lower's extended attributes of `path` to the upper's (a
-    /// filesystem without them on either side is not an error).
     fn copy_xattrs(&self, path: &RelPath) -> io::Result<()> {
-        let names = match self.lower.xattr_list(path) {
-            Ok(names) => names,
-            Err(e) if Errno::from_io_error(&e) == Some(Errno::NOTSUP) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-            let value = self.lower.xattr_get(path, name)?;
-            match self.upper.xattr_set(path, name, &value, 0) {
-                // Namespaces this process may not write (trusted.*, …).
-                Err(e) if matches!(Errno::from_io_error(&e), Some(Errno::NOTSUP | Errno::PERM)) => {
-                }
-                other => other?,
-            }
-        }
-        Ok(())
+        self.gate
+            .call(|| copy_xattrs(&self.lower, path, &self.upper, path))
     }
 
     fn copy_times(&self, path: &RelPath, from: &Stat) -> io::Result<()> {
-        let ts = |sec: i64, nsec: u64| Timespec {
-            tv_sec: sec,
-            tv_nsec: nsec as _,
-        };
-        self.upper.set_times(
-            path,
-            Some(ts(from.st_atime, from.st_atime_nsec)),
-            Some(ts(from.st_mtime, from.st_mtime_nsec)),
-        )
+        copy_times(&self.upper, path, from)
     }
 
     /// Copies the lower's `path` (a file, symlink or directory without its
@@ -485,7 +534,7 @@ impl Layers {
     /// the user's edit. (A temp file that fails half-way is removed.)
     fn copy_from_lower(&self, path: &RelPath, temp: &RelPath) -> io::Result<()> {
         let copied = (|| {
-            let mut source = self.lower.open_file(path)?;
+            let mut source = self.lower_reader(path)?;
             let mut copy = self.tmp.create_file(temp)?;
             std::io::copy(&mut source, &mut copy)?;
             copy.sync_data()
@@ -501,36 +550,92 @@ impl Layers {
     /// network). `None` when `path` is no longer a lower file of at most
     /// `max` bytes.
     pub fn fetch_for_cache(&self, path: &RelPath, max: u64) -> io::Result<Option<(RelPath, Stat)>> {
+        if self.upper.lstat(path)?.is_some() {
+            return Ok(None);
+        }
         let Some(stat) = self.lower_view(path)? else {
             return Ok(None);
         };
-        let regular =
-            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
-        if !regular || stat.st_size as u64 > max || self.upper.lstat(path)?.is_some() {
+        if stat.st_size as u64 > max {
             return Ok(None);
         }
-        let temp = self.temp_name();
-        self.copy_from_lower(path, &temp)?;
+        let Some(temp) = self.fetch(path, &stat)? else {
+            return Ok(None);
+        };
         // The index is the project's word, the content came through the
         // mount: a mount that lags behind the index may have served older
         // bytes, which must not become a clean copy. (Seconds only: sshfs
         // has no finer mtimes.)
         let agrees = self
-            .lower
-            .lstat(path)?
+            .on_lower(|lower| lower.lstat(path))?
             .is_some_and(|live| (live.st_size, live.st_mtime) == (stat.st_size, stat.st_mtime));
         if !agrees {
             self.tmp.remove(&temp, false)?;
             return Ok(None);
         }
-        self.tmp.chmod(&temp, stat.st_mode & 0o7777)?;
         Ok(Some((temp, stat)))
     }
 
-    /// The second half, under the union's exclusive lock: places the copy
-    /// if the upper still has nothing there and the lower still shows the
-    /// file as it was copied (else drops it). `true` when placed.
-    pub fn place_cached(&self, path: &RelPath, temp: &RelPath, copied: &Stat) -> io::Result<bool> {
+    /// The first half of copying up `paths`, without any lock (a hung
+    /// lower holds up only the caller): a copy in the upper's temp area of
+    /// each that the lower shows as a regular file, the upper not having
+    /// it yet. Directories, symlinks and the rest are left to
+    /// [`Layers::copy_up`], which needs nothing but metadata. On an error,
+    /// nothing fetched is kept.
+    pub fn fetch_for_copy_up(&self, paths: &[RelPath]) -> io::Result<Fetched<'_>> {
+        let mut fetched = Fetched {
+            layers: self,
+            files: HashMap::new(),
+        };
+        for path in paths {
+            if self.upper.lstat(path)?.is_some() {
+                continue;
+            }
+            let Some(stat) = self.lower_view(path)? else {
+                continue;
+            };
+            if let Some(temp) = self.fetch(path, &stat)? {
+                fetched.files.insert(path.clone(), (temp, stat));
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Copies the lower regular file `path`, which the lower shows as
+    /// `stat`, into a temp file with its content, mode, extended attributes
+    /// and times (`None`: not a regular file).
+    fn fetch(&self, path: &RelPath, stat: &Stat) -> io::Result<Option<RelPath>> {
+        let regular =
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
+        if !regular {
+            return Ok(None);
+        }
+        let temp = self.temp_name();
+        let copied = (|| {
+            self.copy_from_lower(path, &temp)?;
+            self.tmp.chmod(&temp, stat.st_mode & 0o7777)?;
+            self.gate
+                .call(|| copy_xattrs(&self.lower, path, &self.tmp, &temp))?;
+            copy_times(&self.tmp, &temp, stat)
+        })();
+        match copied {
+            Ok(()) => Ok(Some(temp)),
+            Err(error) => {
+                // Nothing half-copied stays behind.
+                match self.tmp.remove(&temp, false) {
+                    Err(e) if !is_absent(&e) => tracing::warn!(%temp, error = %e, "temp copy left"),
+                    _ => {}
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The second half, under the union's exclusive lock: places a copy
+    /// that [`Layers::fetch_for_cache`] or [`Layers::fetch_for_copy_up`]
+    /// made if the upper still has nothing there and the lower still shows
+    /// the file as it was copied (else drops it). `true` when placed.
+    pub fn place_fetched(&self, path: &RelPath, temp: &RelPath, copied: &Stat) -> io::Result<bool> {
         let unchanged = self.lower_view(path)?.is_some_and(|now| {
             (now.st_size, now.st_mtime, now.st_mtime_nsec, now.st_ino)
                 == (
@@ -546,25 +651,45 @@ impl Layers {
         }
         self.upper_dirs(path.parent().as_ref())?;
         self.upper.rename_from(&self.tmp, temp, path, true)?;
-        self.copy_xattrs(path)?;
-        self.copy_times(path, copied)?;
         Ok(true)
     }
 
+    /// [`Layers::copy_up`], placing the copy of `path` in `fetched` if
+    /// the lower still shows what was fetched (under the union's exclusive
+    /// lock: then no content is read here).
+    pub fn copy_up_fetched(&self, path: &RelPath, fetched: &mut Fetched<'_>) -> io::Result<()> {
+        if let Some((temp, stat)) = fetched.files.remove(path) {
+            if self.place_fetched(path, &temp, &stat)? {
+                return Ok(());
+            }
+        }
+        self.copy_up(path)
+    }
+
     /// Copies a whole lower directory tree into the upper (before renaming
-    /// it: the renamed directory must carry everything it showed).
-    pub fn copy_up_tree(&self, dir: &RelPath) -> io::Result<()> {
+    /// it: the renamed directory must carry everything it showed), placing
+    /// the files already `fetched`.
+    pub fn copy_up_tree(&self, dir: &RelPath, fetched: &mut Fetched<'_>) -> io::Result<()> {
         self.copy_up(dir)?;
         for listed in self.list(Some(dir))? {
             let path = join(Some(dir), &listed.name)?;
             if listed.layer == Layer::Lower {
-                self.copy_up(&path)?;
+                self.copy_up_fetched(&path, fetched)?;
             }
             if is_dir(&listed.stat) {
-                self.copy_up_tree(&path)?;
+                self.copy_up_tree(&path, fetched)?;
             }
         }
         Ok(())
+    }
+
+    /// The lower file `path` opened for reading, each read through the gate.
+    fn lower_reader(&self, path: &RelPath) -> io::Result<GatedReader<'_, std::fs::File>> {
+        let file = self.on_lower(|lower| lower.open_file(path))?;
+        Ok(GatedReader {
+            gate: &self.gate,
+            inner: file,
+        })
     }
 
     fn temp_name(&self) -> RelPath {
@@ -590,7 +715,7 @@ impl Layers {
         // Whiteouts at `path` are about to go: ask the lower itself.
         let in_lower = match self.read_index().as_ref() {
             Some((index, _)) => index.get(path).is_some(),
-            None => self.lower.lstat(path)?.is_some(),
+            None => self.on_lower(|lower| lower.lstat(path))?.is_some(),
         };
         if !in_lower {
             return Err(Errno::NOENT.into());
@@ -609,7 +734,7 @@ impl Layers {
             .lower_view(path)?
             .ok_or_else(|| io::Error::from(Errno::NOENT))?;
         if is_dir(&lower) {
-            self.copy_up_tree(path)?;
+            self.copy_up_tree(path, &mut self.fetch_for_copy_up(&[])?)?;
         } else {
             self.copy_up(path)?;
         }

@@ -14,16 +14,18 @@
 //! - [`journal`]: what changed since the last sync.
 
 pub mod fs;
+pub mod gate;
 pub mod index;
 pub mod journal;
 pub mod layers;
+pub mod tree;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLockWriteGuard};
 
 use fuser::{BackgroundSession, Config, INodeNo, MountOption, Notifier};
 use unionsync_core::{IndexUpdate, Meta, RelPath};
@@ -32,6 +34,7 @@ use crate::beneath::Root;
 use fs::{lock, Inodes, UnionFs};
 use journal::{Seen, SharedJournal};
 use layers::Layers;
+use tree::Tree;
 
 /// A mounted union; dropping it unmounts.
 pub struct Mounted {
@@ -39,7 +42,7 @@ pub struct Mounted {
     mountpoint: PathBuf,
     pub journal: SharedJournal,
     /// Held exclusively by the sync while it changes the upper.
-    pub tree: Arc<RwLock<()>>,
+    pub tree: Arc<Tree>,
     inodes: Arc<Mutex<Inodes>>,
     layers: Arc<Layers>,
     reads: Arc<Mutex<BTreeSet<RelPath>>>,
@@ -53,7 +56,7 @@ pub struct MountLink {
     pub journal: SharedJournal,
     /// Where the union is mounted (operations on the view go through it).
     pub mountpoint: PathBuf,
-    tree: Arc<RwLock<()>>,
+    tree: Arc<Tree>,
     inodes: Arc<Mutex<Inodes>>,
     notifier: Notifier,
     layers: Arc<Layers>,
@@ -68,7 +71,7 @@ const CACHE_PER_SYNC: u64 = 256 << 20;
 impl MountLink {
     /// Excludes every structural change through the mount while held.
     pub fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
-        self.tree.write().unwrap_or_else(|p| p.into_inner())
+        self.tree.exclusive()
     }
 
     /// Copies the lower files read since the last call into the upper as
@@ -105,7 +108,7 @@ impl MountLink {
                     meta: Some(crate::beneath::meta_of(&stat, None)),
                     via_mount: !self.layers.has_index(),
                 };
-                match self.layers.place_cached(path, &temp, &stat) {
+                match self.layers.place_fetched(path, &temp, &stat) {
                     Ok(true) => {
                         self.journal.lock().note(path, false, || seen);
                         true
@@ -266,7 +269,7 @@ pub fn mount(
         Root::create(whiteouts)?,
         local_only,
     )?;
-    let tree = Arc::new(RwLock::new(()));
+    let tree = Arc::new(Tree::default());
     let inodes = Arc::new(Mutex::new(Inodes::default()));
     let layers = Arc::new(layers);
     let reads = Arc::new(Mutex::new(BTreeSet::new()));
@@ -283,9 +286,9 @@ pub fn mount(
         MountOption::Subtype("unionsync".into()),
         MountOption::DefaultPermissions,
     ];
-    // Enough threads that requests stuck on a dead lower (until sshfs or NFS
-    // gives up on it) do not stall work on the upper.
-    config.n_threads = Some(16);
+    // Twice as many threads as may wait on the lower (see `gate`): requests
+    // stuck on a hung lower never stall work on the upper.
+    config.n_threads = Some(2 * layers::LOWER_CALLERS);
     config.clone_fd = true;
     let session = fuser::spawn_mount2(fs, mountpoint, &config)?;
     Ok(Mounted {
