@@ -274,6 +274,10 @@ pub fn mount(
         MountOption::FSName("unionsync".into()),
         MountOption::Subtype("unionsync".into()),
         MountOption::DefaultPermissions,
+        // The daemon runs as root and the view holds what any user of
+        // either host wrote: nothing in it may raise privileges.
+        MountOption::NoSuid,
+        MountOption::NoDev,
     ];
     // Enough threads that requests stuck on a dead lower (until sshfs or NFS
     // gives up on it) do not stall work on the upper.
