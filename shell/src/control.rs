@@ -1135,6 +1135,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn copy_to_project_never_reads_through_a_symlink_in_the_view() {
+        let view = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("shadow"), b"host secret").unwrap();
+        std::os::unix::fs::symlink(outside.path(), view.path().join("l")).unwrap();
+        std::fs::write(view.path().join("mine"), b"mine").unwrap();
+        let read = |typed: &[u8]| read_view(view.path(), &[typed.to_vec()], b"/");
+        let error = read(b"l/shadow").unwrap_err();
+        assert!(error.contains("l/shadow"), "{error}");
+        // The link itself is copied as a link, and files as they are.
+        let entries = read(b"l").unwrap();
+        assert!(
+            matches!(entries[..], [(_, ref meta, _)] if matches!(meta.kind, unionsync_core::Kind::Symlink { .. }))
+        );
+        assert_eq!(read(b"mine").unwrap()[0].2, b"mine");
+    }
+
+    #[test]
     fn requests_and_responses_round_trip_as_one_json_line() {
         for request in [
             Request::Status,
