@@ -359,26 +359,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     St: ProjectStore,
 {
-    serve_connection_limited(stream, store, config, events, news, ServeLimits::default()).await
-}
-
-/// [`serve_connection`] with other [`ServeLimits`] (its handshake timeout;
-/// a lone connection counts against no cap).
-pub async fn serve_connection_limited<S, St>(
-    stream: S,
-    store: St,
-    config: ProjectConfig,
-    events: Option<mpsc::UnboundedSender<ProjectEvent>>,
-    news: Option<broadcast::Receiver<Arc<WatchNews>>>,
-    limits: ServeLimits,
-) -> Result<(), ServeError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    St: ProjectStore,
-{
     let reporter = events.map(Reporter::Plain);
+    // A lone connection counts against no cap.
     let ties = Ties {
-        limits,
+        limits: ServeLimits::default(),
         live_ids: LiveIds::default(),
         claim: None,
         unauthenticated: None,

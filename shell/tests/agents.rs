@@ -260,22 +260,29 @@ async fn local<F: Future>(test: F) -> F::Output {
         .expect("test timed out")
 }
 
+type Server = tokio::task::JoinHandle<Result<(), ServeError>>;
+
+/// A project server for `project` on its end of a pipe.
+fn spawn_server(
+    stream: DuplexStream,
+    project: &FakeProject,
+    config: ProjectConfig,
+    events: Option<mpsc::UnboundedSender<ProjectEvent>>,
+) -> Server {
+    tokio::task::spawn_local(serve_connection(
+        stream,
+        project.clone(),
+        config,
+        events,
+        None,
+    ))
+}
+
 /// Connects a raw websocket client to a project server over a pipe; the
 /// server's result comes out of the handle.
-async fn raw_client(
-    project: &FakeProject,
-) -> (
-    transport::Ws<DuplexStream>,
-    tokio::task::JoinHandle<Result<(), unionsync::project_server::ServeError>>,
-) {
+async fn raw_client(project: &FakeProject) -> (transport::Ws<DuplexStream>, Server) {
     let (client, server) = tokio::io::duplex(1 << 16);
-    let server = tokio::task::spawn_local(serve_connection(
-        server,
-        project.clone(),
-        project_config(),
-        None,
-        None,
-    ));
+    let server = spawn_server(server, project, project_config(), None);
     let ws = transport::connect("ws://project/", client).await.unwrap();
     (ws, server)
 }
@@ -283,7 +290,7 @@ async fn raw_client(
 /// Asserts the server refuses with `code`, closes, and touched no storage.
 async fn assert_refused(
     mut ws: transport::Ws<DuplexStream>,
-    server: tokio::task::JoinHandle<Result<(), unionsync::project_server::ServeError>>,
+    server: Server,
     project: &FakeProject,
     code: ErrorCode,
 ) {
@@ -372,13 +379,7 @@ async fn one_compute_file_reaches_the_project_and_both_commit_epoch_1() {
 
         let (client, server) = tokio::io::duplex(1 << 16);
         let (project_events, mut project_rx) = mpsc::unbounded_channel();
-        let server = tokio::task::spawn_local(serve_connection(
-            server,
-            project.clone(),
-            project_config(),
-            Some(project_events),
-            None,
-        ));
+        let server = spawn_server(server, &project, project_config(), Some(project_events));
 
         let connector = OneStream(Some(client));
         let (agent, commands, mut events_rx) =
@@ -424,13 +425,7 @@ async fn a_connect_that_is_never_answered_times_out_and_is_retried() {
     local(async {
         let (compute, project) = (FakeCompute::default(), FakeProject::default());
         let (client, server) = tokio::io::duplex(1 << 16);
-        let server = tokio::task::spawn_local(serve_connection(
-            server,
-            project.clone(),
-            project_config(),
-            None,
-            None,
-        ));
+        let server = spawn_server(server, &project, project_config(), None);
         // Without a bound on connecting, the agent would wait forever.
         let connector = HangsFirst(false, OneStream(Some(client)));
         let (agent, commands, mut events) =
@@ -445,17 +440,14 @@ async fn a_connect_that_is_never_answered_times_out_and_is_retried() {
 
 /// A project server with a short step timeout (pings every 50 ms, a
 /// silent peer gone after 1 s), welcoming a raw client.
-async fn welcomed_raw_client() -> (
-    transport::Ws<DuplexStream>,
-    tokio::task::JoinHandle<Result<(), ServeError>>,
-) {
+async fn welcomed_raw_client() -> (transport::Ws<DuplexStream>, Server) {
     let project = FakeProject::default();
     let (client, server) = tokio::io::duplex(1 << 16);
     let config = ProjectConfig {
         step_timeout: Duration::from_millis(200),
         ..project_config()
     };
-    let server = tokio::task::spawn_local(serve_connection(server, project, config, None, None));
+    let server = spawn_server(server, &project, config, None);
     let mut ws = transport::connect("ws://project/", client).await.unwrap();
     transport::send(&mut ws, &hello(PROTOCOL_VERSION, TOKEN))
         .await

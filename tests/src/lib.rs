@@ -255,6 +255,23 @@ impl Scene {
         daemon
     }
 
+    /// [`Scene::start_project`] serving `wss://` with `cert` and `key`.
+    pub fn start_tls_project(&self, cert: &Path, key: &Path) -> Daemon {
+        self.start_project_with(&[
+            "--tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ])
+    }
+
+    /// [`Scene::start_compute`] over `wss://localhost`, trusting `cert`.
+    pub fn start_tls_compute(&self, dirs: &ComputeDirs, cert: &Path) -> Daemon {
+        let url = format!("wss://localhost:{}/", self.port);
+        let trust: [&OsStr; 2] = ["--ca-cert".as_ref(), cert.as_os_str()];
+        self.start_compute_with(dirs, &url, &self.token, &trust)
+    }
+
     /// Directories for compute server `id` (created empty).
     pub fn compute_dirs(&self, id: u64) -> ComputeDirs {
         let base = self.dir.path().join(format!("compute-{id}"));

@@ -301,19 +301,8 @@ fn wss_with_a_trusted_certificate_syncs() {
     let (cert, key) = self_signed(scene.path());
     let c = scene.compute_dirs(1);
     write(&c.upper.join("over-tls.txt"), b"encrypted on the way");
-    let _project = scene.start_project_with(&[
-        "--tls-cert".as_ref(),
-        cert.as_os_str(),
-        "--tls-key".as_ref(),
-        key.as_os_str(),
-    ]);
-    let url = format!("wss://localhost:{}/", scene.port);
-    let _compute = scene.start_compute_with(
-        &c,
-        &url,
-        &scene.token,
-        &["--ca-cert".as_ref(), cert.as_os_str()],
-    );
+    let _project = scene.start_tls_project(&cert, &key);
+    let _compute = scene.start_tls_compute(&c, &cert);
     wait_converged(&scene, &c);
     wait_for("the file over TLS", CONVERGE, || {
         file_data(&scene.home, "over-tls.txt").is_some()
@@ -326,12 +315,7 @@ fn wss_to_an_untrusted_certificate_moves_nothing() {
     let (cert, key) = self_signed(scene.path());
     let c = scene.compute_dirs(1);
     write(&c.upper.join("secret.txt"), b"not for an impostor");
-    let project = scene.start_project_with(&[
-        "--tls-cert".as_ref(),
-        cert.as_os_str(),
-        "--tls-key".as_ref(),
-        key.as_os_str(),
-    ]);
+    let project = scene.start_tls_project(&cert, &key);
     // No --ca-cert: the self-signed certificate is not trusted.
     let url = format!("wss://localhost:{}/", scene.port);
     let _compute = scene.start_compute_with(&c, &url, &scene.token, &[]);

@@ -297,21 +297,10 @@ fn a_stalled_tls_handshake_holds_up_no_other_peer_and_is_dropped_after_the_timeo
     let (cert, key) = self_signed(scene.path());
     let c = scene.compute_dirs(1);
     std::fs::write(c.upper.join("f"), b"over tls").unwrap();
-    let project = scene.start_project_with(&[
-        "--tls-cert".as_ref(),
-        cert.as_os_str(),
-        "--tls-key".as_ref(),
-        key.as_os_str(),
-    ]);
+    let project = scene.start_tls_project(&cert, &key);
     // Accepted first (the backlog is in order), then never says a word.
     let mut stalled = std::net::TcpStream::connect(("127.0.0.1", scene.port)).unwrap();
-    let url = format!("wss://localhost:{}/", scene.port);
-    let _compute = scene.start_compute_with(
-        &c,
-        &url,
-        &scene.token,
-        &["--ca-cert".as_ref(), cert.as_os_str()],
-    );
+    let _compute = scene.start_tls_compute(&c, &cert);
     wait_for(
         "the compute server to connect",
         Duration::from_secs(60),
