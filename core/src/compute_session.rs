@@ -365,7 +365,7 @@ impl ComputeSession {
             phase: self.phase,
             connected: self.phase != Phase::Disconnected,
             epoch: self.epoch,
-            files_done: report.map_or(0, |r| r.files_sent + r.files_received),
+            files_done: report.map_or(0, |r| r.files_sent.saturating_add(r.files_received)),
             files_total: self.files_total,
             bytes_done: report.map_or(0, |r| r.bytes_received),
             last_sync: self.last_sync.clone(),
@@ -414,7 +414,17 @@ impl ComputeSession {
         if let Err(error) = &result {
             // Refusals (a wrong token, say) and protocol errors count as
             // failed syncs, so a broken setup pauses instead of looping.
-            self.fail(now, error.to_string(), true);
+            // But for a busy id: the project may still hold this server's
+            // own previous connection (half-open) until it times out, so
+            // reconnecting must not end in a pause.
+            let busy_id = matches!(
+                error,
+                SessionError::Refused {
+                    code: ErrorCode::ComputeIdInUse,
+                    ..
+                }
+            );
+            self.fail(now, error.to_string(), !busy_id);
             self.close = Some(error.clone());
         }
         result
@@ -455,8 +465,9 @@ impl ComputeSession {
             } if self.phase == Phase::Receiving => {
                 self.check_sync(sync)?;
                 let report = &mut self.flight_mut().report;
-                report.bytes_received += data.len() as u64;
-                report.files_received += u64::from(last);
+                // Counters of what the peer sent: saturate, never wrap.
+                report.bytes_received = report.bytes_received.saturating_add(data.len() as u64);
+                report.files_received = report.files_received.saturating_add(u64::from(last));
                 self.io.push_back(ComputeIo::Stage { path, data, last });
             }
             // Nothing staged means the `Take` is deferred at apply time.
@@ -554,7 +565,10 @@ impl ComputeSession {
             return;
         };
         self.last_progress = now;
-        flight.report.files_sent -= skipped.len() as u64;
+        flight.report.files_sent = flight
+            .report
+            .files_sent
+            .saturating_sub(skipped.len() as u64);
         flight.deferred.extend(skipped);
         self.transmit
             .push_back(Message::DataDone { sync: flight.sync });
@@ -601,7 +615,9 @@ impl ComputeSession {
         flight.report.sync = flight.sync;
         flight.report.deferred = flight.deferred.into_iter().collect();
         let report = flight.report;
-        let moved = report.files_sent + report.files_received + report.compute_steps > 0
+        let moved = report.files_sent > 0
+            || report.files_received > 0
+            || report.compute_steps > 0
             || !flight.reported.is_empty();
         self.schedule.succeeded(now, moved);
         self.last_error = None;
@@ -704,5 +720,83 @@ pub(crate) fn message_name(message: &Message) -> &'static str {
         Message::CopyIn { .. } => "CopyIn",
         Message::CopyInDone { .. } => "CopyInDone",
         Message::Error { .. } => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(now: Instant) -> ComputeSession {
+        let config = ComputeConfig {
+            compute_id: 1,
+            token: b"t".to_vec(),
+            timing: Timing::default(),
+            step_timeout: Duration::from_secs(30),
+        };
+        ComputeSession::new(config, 0, now)
+    }
+
+    /// Connects, gets refused with `code`, disconnects.
+    fn refused(session: &mut ComputeSession, now: Instant, code: ErrorCode, message: &str) {
+        session.handle_connected(now);
+        let refusal = Message::Error {
+            code,
+            message: message.into(),
+        };
+        assert!(session.handle_message(now, refusal).is_err());
+        assert!(session.poll_close().is_some());
+        session.handle_disconnected(now, "refused");
+    }
+
+    #[test]
+    fn a_busy_compute_id_shows_in_status_and_never_pauses_syncing() {
+        let now = Instant::now();
+        let mut s = session(now);
+        let why = "compute id 1 is already connected: give each compute server its own --id";
+        for _ in 0..5 {
+            refused(&mut s, now, ErrorCode::ComputeIdInUse, why);
+        }
+        let status = s.status(now);
+        assert!(!status.paused);
+        assert_eq!(status.failures_in_a_row, 0);
+        let shown = status.last_error.expect("the refusal is shown");
+        assert!(shown.contains(why), "{shown}");
+
+        // A wrong token, by contrast, is a broken setup: it pauses.
+        for _ in 0..3 {
+            refused(&mut s, now, ErrorCode::BadToken, "wrong token");
+        }
+        assert!(s.status(now).paused);
+    }
+
+    #[test]
+    fn counts_of_what_the_peer_sent_saturate_instead_of_wrapping() {
+        let now = Instant::now();
+        let mut s = session(now);
+        s.phase = Phase::Receiving;
+        s.flight = Some(InFlight {
+            sync: 1,
+            report: SyncReport {
+                files_sent: 1,
+                files_received: u64::MAX,
+                bytes_received: u64::MAX - 1,
+                ..SyncReport::default()
+            },
+            ..InFlight::default()
+        });
+        let data = Message::FileData {
+            sync: 1,
+            path: RelPath::new("f").unwrap(),
+            data: vec![0; 8],
+            last: true,
+        };
+        s.handle_message(now, data).unwrap();
+        let report = &s.flight.as_ref().unwrap().report;
+        assert_eq!(
+            (report.files_received, report.bytes_received),
+            (u64::MAX, u64::MAX)
+        );
+        assert_eq!(s.status(now).files_done, u64::MAX);
     }
 }

@@ -52,7 +52,9 @@ pub use compute_session::{
     ComputeConfig, ComputeEvent, ComputeIo, ComputeSession, ComputeStatus, IndexUpdate, Phase,
     SessionError, SyncReport,
 };
-pub use meta::{same_state, ContentHash, Kind, Meta, Sameness, PERM_MASK};
+pub use meta::{
+    carried_perm, same_state, ContentHash, Kind, Meta, Sameness, PERM_MASK, SET_ID_BITS,
+};
 pub use path::{PathError, RelPath, RESERVED_DIR};
 pub use plan::{conflict_path, reconcile, ComputeOp, Plan, ProjectOp};
 pub use project_session::{ProjectConfig, ProjectError, ProjectEvent, ProjectIo, ProjectSession};

@@ -11,8 +11,19 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Permission bits kept and synced (`chmod` range, no file-type bits).
+/// Permission bits a local `chmod` sets (no file-type bits).
 pub const PERM_MASK: u32 = 0o7777;
+
+/// Set-user-ID and set-group-ID.
+pub const SET_ID_BITS: u32 = 0o6000;
+
+/// The permission bits that cross the sync or come from the lower into the
+/// upper: [`PERM_MASK`] without the set-id bits (the sticky bit stays).
+/// Both daemons run as root, so a set-id bit carried to the other host
+/// would make a root-owned set-id program there out of any user's file.
+pub const fn carried_perm(mode: u32) -> u32 {
+    mode & PERM_MASK & !SET_ID_BITS
+}
 
 /// A content digest (BLAKE3 or similar, computed by the shell).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -41,7 +52,8 @@ pub enum Kind {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Meta {
     pub kind: Kind,
-    /// Permission bits; only `PERM_MASK` counts.
+    /// Permission bits; only [`carried_perm`] of them counts (a peer may
+    /// send anything here).
     pub mode: u32,
     /// Bytes of content (files); target length (symlinks); 0 (directories).
     pub size: u64,
@@ -69,7 +81,7 @@ impl Meta {
     pub fn file(mode: u32, size: u64, mtime_ns: i64) -> Meta {
         Meta {
             kind: Kind::File,
-            mode: mode & PERM_MASK,
+            mode: carried_perm(mode),
             size,
             mtime_ns,
             ctime_ns: 0,
@@ -80,7 +92,7 @@ impl Meta {
     pub fn dir(mode: u32, mtime_ns: i64) -> Meta {
         Meta {
             kind: Kind::Dir,
-            mode: mode & PERM_MASK,
+            mode: carried_perm(mode),
             size: 0,
             mtime_ns,
             ctime_ns: 0,
@@ -114,8 +126,9 @@ impl Meta {
         self.kind == Kind::Dir
     }
 
+    /// The permission bits that count, never a set-id bit.
     pub fn perm(&self) -> u32 {
-        self.mode & PERM_MASK
+        carried_perm(self.mode)
     }
 
     /// Did this path change between an `earlier` observation and this one,
@@ -250,6 +263,22 @@ mod tests {
 
     const H1: ContentHash = ContentHash([1; 32]);
     const H2: ContentHash = ContentHash([2; 32]);
+
+    #[test]
+    fn set_id_bits_are_never_carried_but_the_sticky_bit_is() {
+        assert_eq!(carried_perm(0o104755), 0o755);
+        assert_eq!(carried_perm(0o2775), 0o775);
+        assert_eq!(carried_perm(0o1777), 0o1777);
+        assert_eq!(Meta::file(0o6755, 1, 1).mode, 0o755);
+        assert_eq!(Meta::dir(0o3770, 1).perm(), 0o1770);
+        // What a peer sent, deserialized as is: perm() still drops them.
+        let sent = Meta {
+            mode: 0o4755,
+            ..Meta::file(0o755, 1, 1)
+        };
+        assert_eq!(sent.perm(), 0o755);
+        assert!(!sent.changed_since(&Meta::file(0o755, 1, 1)));
+    }
 
     #[test]
     fn a_file_changes_with_its_mtime_when_no_hashes_are_known() {

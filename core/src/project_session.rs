@@ -151,6 +151,10 @@ pub enum ProjectError {
     Timeout(Duration),
     #[error("compute server answered remote request {0}, which was never asked")]
     UnknownRemote(u64),
+    #[error("compute id {0} is already connected: give each compute server its own --id")]
+    ComputeIdInUse(u64),
+    #[error("compute server sent a {what} this server cannot count past")]
+    Overflow { what: &'static str },
     #[error("storage: {0}")]
     Storage(String),
 }
@@ -161,6 +165,7 @@ impl ProjectError {
             ProjectError::BadVersion(_) => ErrorCode::BadVersion,
             ProjectError::BadToken => ErrorCode::BadToken,
             ProjectError::Storage(_) => ErrorCode::Internal,
+            ProjectError::ComputeIdInUse(_) => ErrorCode::ComputeIdInUse,
             ProjectError::Timeout(_) => ErrorCode::Protocol,
             _ => ErrorCode::Protocol,
         }
@@ -226,6 +231,8 @@ pub struct ProjectSession {
     config: ProjectConfig,
     state: State,
     compute_id: u64,
+    /// The Hello carried the right token and version.
+    authenticated: bool,
     epoch: u64,
     full: bool,
     base: BTreeMap<RelPath, BaseEntry>,
@@ -248,6 +255,7 @@ impl ProjectSession {
             config,
             state: State::AwaitHello,
             compute_id: 0,
+            authenticated: false,
             epoch: 0,
             full: false,
             base: BTreeMap::new(),
@@ -266,6 +274,11 @@ impl ProjectSession {
     /// The compute server on the other end, once it said hello.
     pub fn compute_id(&self) -> Option<u64> {
         (!matches!(self.state, State::AwaitHello)).then_some(self.compute_id)
+    }
+
+    /// Did the peer prove it holds the token (its Hello was accepted)?
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
     }
 
     /// How long the peer may take for any one step (the agent's bound on
@@ -326,6 +339,13 @@ impl ProjectSession {
                 };
                 self.abort(error.clone());
                 return Err(error);
+            }
+            // Another compute server's base, staging or conflicts live
+            // there: no peer may write into it.
+            if path.is_reserved() {
+                let why = format!("{path}: inside the reserved .unionsync directory, never copied");
+                self.handle_copied_in(id, Err(why));
+                return Ok(());
             }
             // The rest of an entry that already failed is dropped.
             if !self.copies_failed.contains(&id) {
@@ -397,6 +417,7 @@ impl ProjectSession {
                     return Err(ProjectError::BadToken);
                 }
                 self.compute_id = compute_id;
+                self.authenticated = true;
                 self.io.push_back(ProjectIo::LoadBase { compute_id });
                 State::LoadingBase {
                     compute_epoch: epoch,
@@ -415,7 +436,7 @@ impl ProjectSession {
                     return Err(ProjectError::WrongSync {
                         what: "Changes",
                         got: sync,
-                        expected: self.last_sync + 1,
+                        expected: self.last_sync.saturating_add(1),
                     });
                 }
                 if full != self.full {
@@ -502,7 +523,7 @@ impl ProjectSession {
                 },
             ) => {
                 check_sync("ComputeApplied", sync, flight.sync)?;
-                self.commit(flight, deferred, upper)
+                self.commit(flight, deferred, upper)?
             }
             (State::AwaitAck(flight), Message::CommitAck { sync, epoch }) => {
                 check_sync("CommitAck", sync, flight.sync)?;
@@ -543,9 +564,15 @@ impl ProjectSession {
             return;
         };
         self.last_progress = now;
-        let agree = compute_epoch == epoch || (epoch > 0 && compute_epoch + 1 == epoch);
+        // The compute epoch is the peer's word: never add to it unchecked.
+        let agree =
+            compute_epoch == epoch || (epoch > 0 && compute_epoch.checked_add(1) == Some(epoch));
         self.full = !agree || epoch == 0;
         self.epoch = epoch.max(compute_epoch);
+        // No sync could commit after this epoch: refuse before any applies.
+        if self.epoch.checked_add(1).is_none() {
+            return self.abort(ProjectError::Overflow { what: "base epoch" });
+        }
         self.base = if self.full { BTreeMap::new() } else { base };
         self.transmit.push_back(Message::Welcome {
             epoch: self.epoch,
@@ -558,6 +585,13 @@ impl ProjectSession {
         self.state = State::Idle;
         if self.config.lower_index {
             self.io.push_back(ProjectIo::IndexSnapshot);
+        }
+    }
+
+    /// Another live connection holds this compute id: refuse this one.
+    pub fn handle_id_in_use(&mut self) {
+        if matches!(self.state, State::LoadingBase { .. }) {
+            self.abort(ProjectError::ComputeIdInUse(self.compute_id));
         }
     }
 
@@ -857,7 +891,7 @@ impl ProjectSession {
         mut flight: Flight,
         compute_deferred: Vec<RelPath>,
         upper: Vec<(RelPath, Option<Meta>)>,
-    ) -> State {
+    ) -> Result<State, ProjectError> {
         flight.deferred.extend(compute_deferred);
         let upper: BTreeMap<RelPath, Option<Meta>> = upper.into_iter().collect();
         let mut updates = Vec::new();
@@ -890,7 +924,11 @@ impl ProjectSession {
                 updates.push((path.clone(), entry));
             }
         }
-        flight.epoch = self.epoch + 1;
+        // `self.epoch` may be a peer's (its Hello's epoch when ahead).
+        flight.epoch = self
+            .epoch
+            .checked_add(1)
+            .ok_or(ProjectError::Overflow { what: "base epoch" })?;
         for (path, entry) in &updates {
             match entry {
                 Some(entry) => self.base.insert(path.clone(), entry.clone()),
@@ -903,7 +941,7 @@ impl ProjectSession {
             replace: self.full,
             updates,
         });
-        State::Committing(flight)
+        Ok(State::Committing(flight))
     }
 }
 
@@ -922,4 +960,161 @@ fn check_sync(what: &'static str, got: u64, expected: u64) -> Result<(), Project
 /// Token comparison whose time does not depend on where the bytes differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> (ProjectSession, Instant) {
+        let now = Instant::now();
+        let config = ProjectConfig {
+            token: b"t".to_vec(),
+            step_timeout: Duration::from_secs(30),
+            lower_index: false,
+        };
+        (ProjectSession::new(config, now), now)
+    }
+
+    /// Hello from compute 3 with `epoch`; the session asks for the base.
+    fn hello(s: &mut ProjectSession, now: Instant, epoch: u64) {
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+            compute_id: 3,
+            token: b"t".to_vec(),
+            epoch,
+        };
+        s.handle_message(now, hello).unwrap();
+        assert!(s.is_authenticated());
+        assert_eq!(s.poll_io(), Some(ProjectIo::LoadBase { compute_id: 3 }));
+    }
+
+    fn sent(s: &mut ProjectSession) -> Vec<Message> {
+        std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+
+    /// The session's last word was an `Error`, and it wants to close.
+    fn refusal(s: &mut ProjectSession) -> (ErrorCode, String) {
+        let close = s.poll_close();
+        match sent(s).pop() {
+            Some(Message::Error { code, message }) if close.is_some() => (code, message),
+            other => panic!("expected a refusal, got {other:?} (close: {close:?})"),
+        }
+    }
+
+    #[test]
+    fn a_wrong_token_never_counts_as_authenticated() {
+        let (mut s, now) = session();
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+            compute_id: 3,
+            token: b"guess".to_vec(),
+            epoch: 0,
+        };
+        assert!(s.handle_message(now, hello).is_err());
+        assert!(!s.is_authenticated());
+    }
+
+    #[test]
+    fn a_second_connection_with_a_live_compute_id_is_refused_naming_the_id() {
+        let (mut s, now) = session();
+        hello(&mut s, now, 0);
+        s.handle_id_in_use();
+        let (code, message) = refusal(&mut s);
+        assert_eq!(code, ErrorCode::ComputeIdInUse);
+        assert!(message.contains("compute id 3"), "{message}");
+        assert_eq!(s.poll_io(), None, "no base is loaded");
+    }
+
+    #[test]
+    fn a_hello_with_the_last_epoch_is_refused_instead_of_overflowing() {
+        for (compute_epoch, base_epoch) in [(u64::MAX, 0), (u64::MAX, 7), (u64::MAX - 1, u64::MAX)]
+        {
+            let (mut s, now) = session();
+            hello(&mut s, now, compute_epoch);
+            s.handle_base(now, base_epoch, BTreeMap::new());
+            let (code, message) = refusal(&mut s);
+            assert_eq!(code, ErrorCode::Protocol);
+            assert!(message.contains("epoch"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_sync_number_at_the_end_of_the_range_is_refused_without_overflowing() {
+        let (mut s, now) = session();
+        hello(&mut s, now, 0);
+        s.handle_base(now, 0, BTreeMap::new());
+        assert!(matches!(
+            sent(&mut s)[..],
+            [Message::Welcome { full: true, .. }]
+        ));
+        let changes = || Message::Changes {
+            sync: u64::MAX,
+            epoch: 0,
+            full: true,
+            changes: Vec::new(),
+        };
+        // One empty sync numbered u64::MAX, to its end.
+        s.handle_message(now, changes()).unwrap();
+        assert!(matches!(s.poll_io(), Some(ProjectIo::Stat { .. })));
+        s.handle_stats(now, Vec::new());
+        s.handle_message(now, Message::DataDone { sync: u64::MAX })
+            .unwrap();
+        assert!(matches!(s.poll_io(), Some(ProjectIo::Apply { .. })));
+        s.handle_applied(now, Vec::new(), Vec::new());
+        assert!(matches!(s.poll_io(), Some(ProjectIo::SendFiles { .. })));
+        s.handle_files_sent(now, Vec::new());
+        let applied = Message::ComputeApplied {
+            sync: u64::MAX,
+            deferred: Vec::new(),
+            upper: Vec::new(),
+        };
+        s.handle_message(now, applied).unwrap();
+        assert!(matches!(
+            s.poll_io(),
+            Some(ProjectIo::CommitBase { epoch: 1, .. })
+        ));
+        s.handle_base_committed(now);
+        let ack = Message::CommitAck {
+            sync: u64::MAX,
+            epoch: 1,
+        };
+        s.handle_message(now, ack).unwrap();
+        sent(&mut s);
+        // No later sync number exists: a protocol error, not a panic.
+        assert!(s.handle_message(now, changes()).is_err());
+        let (code, message) = refusal(&mut s);
+        assert_eq!(code, ErrorCode::Protocol);
+        assert!(message.contains(&u64::MAX.to_string()), "{message}");
+    }
+
+    #[test]
+    fn a_copy_into_the_reserved_directory_is_refused_and_never_reaches_the_store() {
+        let (mut s, now) = session();
+        hello(&mut s, now, 0);
+        s.handle_base(now, 0, BTreeMap::new());
+        sent(&mut s);
+        let path = RelPath::new(".unionsync/bases/2").unwrap();
+        for last in [false, true] {
+            let copy = Message::CopyIn {
+                id: 1,
+                path: path.clone(),
+                meta: Meta::file(0o644, 2, 1),
+                data: b"x".to_vec(),
+                last,
+            };
+            s.handle_message(now, copy).unwrap();
+        }
+        assert_eq!(s.poll_io(), None, "nothing is staged or written");
+        match &sent(&mut s)[..] {
+            [Message::CopyInDone {
+                id: 1,
+                result: Err(why),
+            }] => {
+                assert!(why.contains("reserved"), "{why}")
+            }
+            other => panic!("expected one refusal, got {other:?}"),
+        }
+        assert!(s.poll_close().is_none(), "the connection stays");
+    }
 }

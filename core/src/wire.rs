@@ -85,6 +85,9 @@ pub enum ErrorCode {
     Malformed,
     Protocol,
     Internal,
+    /// Another live connection already speaks for this compute id (added
+    /// last: the other codes keep their encoding).
+    ComputeIdInUse,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

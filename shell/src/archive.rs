@@ -29,7 +29,7 @@
 //! sparse and unknown entries.
 //!
 //! Times are whole seconds (the tar header's `mtime`); modes keep only the
-//! permission bits; owners are not carried.
+//! permission bits, never set-id bits (both ways); owners are not carried.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -38,7 +38,7 @@ use lz4_flex::frame::{BlockSize, FrameDecoder, FrameEncoder, FrameInfo};
 use tar::{EntryType, Header};
 use unionsync_core::path::MAX_PATH_LEN;
 use unionsync_core::wire::CHUNK_LEN;
-use unionsync_core::{PathError, RelPath, PERM_MASK};
+use unionsync_core::{carried_perm, PathError, RelPath};
 
 /// Most tar bytes one pushed frame may inflate to. A [`Packer`] puts
 /// [`CHUNK_LEN`] in each; the slack admits other encoders' splits, the bound
@@ -294,7 +294,7 @@ impl Packer {
             }
             copy_truncated(&mut header.as_old_mut().linkname, link);
         }
-        header.set_mode(mode & PERM_MASK);
+        header.set_mode(carried_perm(mode));
         header.set_uid(0);
         header.set_gid(0);
         header.set_size(size);
@@ -662,10 +662,12 @@ impl Unpacker {
         let ext = std::mem::take(&mut self.ext);
         let size = ext.size.unwrap_or(entry_size);
         let mut name = ext.path.unwrap_or_else(|| header.path_bytes().into_owned());
-        let mode = header
-            .mode()
-            .map_err(|_| bad("the mode field is not a number"))?
-            & PERM_MASK;
+        // Never a set-id bit, whatever the sender wrote.
+        let mode = carried_perm(
+            header
+                .mode()
+                .map_err(|_| bad("the mode field is not a number"))?,
+        );
         let mtime_ns = mtime_ns(header).ok_or_else(|| bad("the mtime field is out of range"))?;
         let unsupported = |what: &str| ArchiveError::Unsupported {
             path: escaped(&name),
@@ -899,7 +901,7 @@ mod tests {
                 Entry::File(path, mode, mtime_ns, data) => {
                     events.push(Event::File {
                         path,
-                        mode: mode & PERM_MASK,
+                        mode: carried_perm(mode),
                         mtime_ns: secs(mtime_ns),
                         size: data.len() as u64,
                     });
@@ -915,7 +917,7 @@ mod tests {
                 }),
                 Entry::Dir(path, mode, mtime_ns) => events.push(Event::Dir {
                     path,
-                    mode: mode & PERM_MASK,
+                    mode: carried_perm(mode),
                     mtime_ns: secs(mtime_ns),
                 }),
             }
@@ -976,10 +978,14 @@ mod tests {
 
     /// A GNU header block with a valid checksum.
     fn raw_header(name: &[u8], kind: u8, size: u64, link: &[u8]) -> Vec<u8> {
+        raw_header_with_mode(name, kind, size, link, 0o644)
+    }
+
+    fn raw_header_with_mode(name: &[u8], kind: u8, size: u64, link: &[u8], mode: u32) -> Vec<u8> {
         let mut header = Header::new_gnu();
         copy_truncated(&mut header.as_old_mut().name, name);
         copy_truncated(&mut header.as_old_mut().linkname, link);
-        header.set_mode(0o644);
+        header.set_mode(mode);
         header.set_uid(0);
         header.set_gid(0);
         header.set_size(size);
@@ -1295,6 +1301,31 @@ mod tests {
 
     fn unpack_raw(tar: &[u8]) -> Result<Vec<Event>, ArchiveError> {
         unpack(&frames_of(tar))
+    }
+
+    #[test]
+    fn set_id_bits_are_dropped_when_packing_and_when_unpacking() {
+        // A hostile sender's header: setuid, setgid and sticky.
+        let file = raw_header_with_mode(b"f", b'0', 0, b"", 0o7755);
+        let dir = raw_header_with_mode(b"d/", b'5', 0, b"", 0o7755);
+        let mut tar = [file, dir].concat();
+        tar.extend_from_slice(&[0; 2 * BLOCK]);
+        let modes: Vec<u32> = unpack_raw(&tar)
+            .unwrap()
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::File { mode, .. } | Event::Dir { mode, .. } => Some(mode),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(modes, [0o1755, 0o1755]);
+
+        // Our own packer never writes them either.
+        let mut packer = Packer::new();
+        packer.file(&p(b"f"), 0o4755, 0, b"x").unwrap();
+        let tar = inflate_all(&packer.finish().unwrap());
+        let header = Header::from_byte_slice(&tar[..BLOCK]);
+        assert_eq!(header.mode().unwrap(), 0o755);
     }
 
     #[test]
@@ -1632,7 +1663,7 @@ mod tests {
                     let fs = fs_path(dir.path(), path);
                     let meta = std::fs::symlink_metadata(&fs).unwrap();
                     assert_eq!(&std::fs::read(&fs).unwrap(), data, "{path}");
-                    assert_eq!(meta.permissions().mode() & PERM_MASK, *mode, "{path}");
+                    assert_eq!(meta.permissions().mode() & 0o7777, *mode, "{path}");
                     assert_eq!(mtime_secs(&meta), mtime_ns / NS_PER_SEC, "{path}");
                 }
                 Entry::Symlink(path, target, _) => {
@@ -1643,7 +1674,7 @@ mod tests {
                 Entry::Dir(path, mode, mtime_ns) => {
                     let meta = std::fs::symlink_metadata(fs_path(dir.path(), path)).unwrap();
                     assert!(meta.is_dir(), "{path}");
-                    assert_eq!(meta.permissions().mode() & PERM_MASK, *mode, "{path}");
+                    assert_eq!(meta.permissions().mode() & 0o7777, *mode, "{path}");
                     assert_eq!(mtime_secs(&meta), mtime_ns / NS_PER_SEC, "{path}");
                 }
             }

@@ -19,7 +19,7 @@ use rustix::fs::{
     self as rfs, AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, Timespec, Timestamps, UTIME_OMIT,
 };
 use rustix::io::Errno;
-use unionsync_core::{ContentHash, Kind, Meta, RelPath, PERM_MASK};
+use unionsync_core::{carried_perm, ContentHash, Kind, Meta, RelPath, PERM_MASK};
 
 /// An open directory that every operation stays beneath.
 #[derive(Debug)]
@@ -55,7 +55,8 @@ fn absent_as_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
     }
 }
 
-/// The metadata of a stat, with the target for a symlink.
+/// The metadata of a stat, with the target for a symlink; never a set-id
+/// bit (see [`carried_perm`]).
 pub fn meta_of(stat: &rfs::Stat, target: Option<Vec<u8>>) -> Meta {
     let kind = match (rfs::FileType::from_raw_mode(stat.st_mode), target) {
         (rfs::FileType::Directory, _) => Kind::Dir,
@@ -73,7 +74,7 @@ pub fn meta_of(stat: &rfs::Stat, target: Option<Vec<u8>>) -> Meta {
             stat.st_size as u64
         },
         kind,
-        mode: stat.st_mode & PERM_MASK,
+        mode: carried_perm(stat.st_mode),
         mtime_ns: ns(stat.st_mtime, stat.st_mtime_nsec),
         ctime_ns: ns(stat.st_ctime, stat.st_ctime_nsec),
         hash: None,
@@ -125,9 +126,16 @@ impl Root {
         })
     }
 
-    /// Creates the directory (and its parents) if needed, then opens it.
+    /// Creates the directory (and its parents) if needed, owner-only, then
+    /// opens it. The upper and state directories hold the synced files
+    /// outside the mount's `nosuid,nodev`: no other local user may reach
+    /// them there. (An existing directory keeps its mode.)
     pub fn create(path: &Path) -> io::Result<Root> {
-        std::fs::create_dir_all(path)?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)?;
         Root::open(path)
     }
 
@@ -318,6 +326,22 @@ impl Root {
         };
         rfs::unlinkat(&dir, name, flags)?;
         Ok(())
+    }
+
+    /// Removes `path` and, when it is a directory, everything beneath it;
+    /// a symlink anywhere is removed itself, never followed.
+    pub fn remove_tree(&self, path: &RelPath) -> io::Result<()> {
+        let stat = self
+            .lstat(path)?
+            .ok_or_else(|| io::Error::from(Errno::NOENT))?;
+        let is_dir = rfs::FileType::from_raw_mode(stat.st_mode) == rfs::FileType::Directory;
+        if is_dir {
+            for name in self.names(Some(path))? {
+                let child = path.join(&name).map_err(io::Error::other)?;
+                self.remove_tree(&child)?;
+            }
+        }
+        self.remove(path, is_dir)
     }
 
     pub fn symlink(&self, path: &RelPath, target: &[u8]) -> io::Result<()> {
@@ -595,6 +619,42 @@ mod tests {
         assert!(root.mkdir(&p("link/d"), 0o755).is_err());
         assert!(!outside.path().join("new").exists());
         assert!(!outside.path().join("d").exists());
+    }
+
+    #[test]
+    fn remove_tree_removes_a_symlink_and_never_what_it_points_to() {
+        let (dir, root) = root();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outside.path().join("var")).unwrap();
+        std::fs::write(outside.path().join("var/keep"), b"k").unwrap();
+        std::fs::create_dir_all(dir.path().join("d/e")).unwrap();
+        std::fs::write(dir.path().join("d/e/f"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("d/l")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("l")).unwrap();
+        assert!(root.remove_tree(&p("l/var")).is_err());
+        root.remove_tree(&p("d")).unwrap();
+        assert!(!dir.path().join("d").exists());
+        assert!(outside.path().join("var/keep").exists());
+    }
+
+    #[test]
+    fn created_roots_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/upper");
+        Root::create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_set_id_file_is_observed_without_its_set_id_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, root) = root();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o6755)).unwrap();
+        assert_eq!(root.stat(&p("f")).unwrap().unwrap().mode, 0o755);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! project server, performing its storage work with a [`ComputeStore`].
 //!
 //! ```text
-//! load epoch ─► loop: (backoff) connect ─► handshake ─► Hello
-//!                     select: frame │ session timeout │ command
+//! load epoch ─► loop: (backoff) connect + handshake (one timeout) ─► Hello
+//!                     select: frame │ session timeout │ command │ keepalive
 //!                     after each: drain poll_io (store) / poll_transmit (send)
 //!                                 / poll_event (log, forward) / poll_close
 //!                     connection gone ─► handle_disconnected ─► backoff
@@ -24,7 +24,7 @@ use unionsync_core::{
 };
 
 use crate::store::{ComputeStore, StoreResult};
-use crate::transport::{self, Inbound, TransportError, Ws};
+use crate::transport::{self, Inbound, Keepalive, Liveness, TransportError, Ws};
 use crate::{now, sleep_until};
 
 /// Opens a byte stream to the project server (TCP in production, turmoil's
@@ -115,13 +115,21 @@ pub async fn run_compute_agent<C: Connector, St: ComputeStore>(
         let connected = {
             let attempt = async {
                 tokio::time::sleep(delay).await;
-                let stream = connector.connect().await.map_err(WsError::Io)?;
-                let handshake = transport::connect(&config.url, stream);
-                tokio::time::timeout(step_timeout, handshake)
+                // TCP, TLS and the websocket upgrade under one bound: a
+                // SYN or a handshake that is never answered is retried.
+                let connect = async {
+                    let stream = connector.connect().await.map_err(WsError::Io)?;
+                    transport::connect(&config.url, stream).await
+                };
+                tokio::time::timeout(step_timeout, connect)
                     .await
-                    .unwrap_or_else(
-                        |_| Err(WsError::Io(std::io::ErrorKind::TimedOut.into()).into()),
-                    )
+                    .unwrap_or_else(|_| {
+                        let timed_out = std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("connecting took over {step_timeout:?}"),
+                        );
+                        Err(WsError::Io(timed_out).into())
+                    })
             };
             tokio::pin!(attempt);
             loop {
@@ -198,11 +206,16 @@ impl<St: ComputeStore> Agent<St> {
         let handshake_deadline = now() + handshake_timeout;
         let mut welcomed = false;
         let mut inbound = Inbound::default();
+        let mut alive = Liveness::new(Keepalive::for_step(handshake_timeout), now());
+        let idle = alive.idle();
         loop {
-            match self.drain(ws).await {
+            let busy = now();
+            let drained = self.drain(ws, idle).await;
+            alive.busy(busy, now());
+            match drained {
                 Ok(None) => {}
                 Ok(Some(close)) => {
-                    let _ = ws.close(None).await;
+                    transport::close_within(ws, idle).await;
                     let reason = close.to_string();
                     return Ending::Lost { reason, welcomed };
                 }
@@ -216,8 +229,9 @@ impl<St: ComputeStore> Agent<St> {
             } else {
                 Some(handshake_deadline)
             };
+            let keepalive = alive.deadline();
             tokio::select! {
-                frame = transport::recv(ws) => match frame {
+                frame = transport::recv_alive(ws, &mut alive) => match frame {
                     Ok(Some(message)) => {
                         welcomed |= matches!(message, Message::Welcome { .. });
                         let messages = match inbound.accept(message) {
@@ -248,9 +262,19 @@ impl<St: ComputeStore> Agent<St> {
                     }
                     self.session.handle_timeout(now());
                 }
+                () = sleep_until(Some(keepalive)) => {
+                    let pinged = match alive.tick(now()) {
+                        Ok(true) => transport::ping(ws, idle).await,
+                        other => other.map(|_| ()),
+                    };
+                    if let Err(error) = pinged {
+                        let reason = error.to_string();
+                        return Ending::Lost { reason, welcomed };
+                    }
+                }
                 command = self.commands.recv(), if self.commands_open => {
                     if !self.command(command) {
-                        let _ = ws.close(None).await;
+                        transport::close_within(ws, idle).await;
                         return Ending::Shutdown;
                     }
                 }
@@ -317,15 +341,20 @@ impl<St: ComputeStore> Agent<St> {
         }
     }
 
-    /// Sends what the session queued and performs its storage work until it
-    /// wants nothing more; `Some` when it wants the connection closed.
-    async fn drain<S>(&mut self, ws: &mut Ws<S>) -> Result<Option<SessionError>, TransportError>
+    /// Sends what the session queued (each frame taken within
+    /// `send_timeout`) and performs its storage work until it wants nothing
+    /// more; `Some` when it wants the connection closed.
+    async fn drain<S>(
+        &mut self,
+        ws: &mut Ws<S>,
+        send_timeout: Duration,
+    ) -> Result<Option<SessionError>, TransportError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         loop {
             while let Some(message) = self.session.poll_transmit() {
-                match transport::send(ws, &message).await {
+                match transport::send_within(ws, &message, send_timeout).await {
                     // Cannot be encoded (too large): a failed sync, not a
                     // lost connection, so it counts towards the pause.
                     Err(TransportError::Wire(error)) => {

@@ -35,6 +35,7 @@ use unionsync_core::{
     SyncReport,
 };
 
+use crate::beneath::Root;
 use crate::compute_agent::AgentCommand;
 use crate::project_server::{ConnectionEvent, ConnectionNews, RemoteCall};
 use crate::union::MountLink;
@@ -875,14 +876,16 @@ impl ComputeTracker {
 const MAX_COPY_FILE: u64 = 256 << 20;
 
 /// The entries at and below each typed path of the view, parents first,
-/// files with their content.
+/// files with their content. Resolved beneath the mountpoint, never through
+/// a symlink: `l -> /` in the view must not ship the host's `l/etc/shadow`.
 fn read_view(
     mountpoint: &Path,
     paths: &[Vec<u8>],
     cwd: &[u8],
 ) -> Result<Vec<(RelPath, Meta, Vec<u8>)>, String> {
-    use std::os::unix::ffi::OsStrExt;
-    let full = |path: &RelPath| mountpoint.join(std::ffi::OsStr::from_bytes(path.as_bytes()));
+    use rustix::fs::FileType;
+    use std::io::Read;
+    let view = Root::open(mountpoint).map_err(|e| format!("{}: {e}", mountpoint.display()))?;
     let mut out = Vec::new();
     for typed in paths {
         let shown = String::from_utf8_lossy(typed).into_owned();
@@ -890,36 +893,34 @@ fn read_view(
         let mut todo = vec![top];
         while let Some(path) = todo.pop() {
             let failed = |e: io::Error| format!("{path}: {e}");
-            let stat = rustix::fs::lstat(full(&path)).map_err(|e| failed(e.into()))?;
-            let (target, data) = match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
-                rustix::fs::FileType::Directory => {
-                    let mut names = std::fs::read_dir(full(&path))
-                        .map_err(failed)?
-                        .map(|e| e.map(|e| e.file_name()))
-                        .collect::<io::Result<Vec<_>>>()
-                        .map_err(failed)?;
+            let stat = view
+                .lstat(&path)
+                .and_then(|stat| stat.ok_or_else(|| io::ErrorKind::NotFound.into()))
+                .map_err(failed)?;
+            let (target, data) = match FileType::from_raw_mode(stat.st_mode) {
+                FileType::Directory => {
+                    let mut names = view.names(Some(&path)).map_err(failed)?;
                     // Popped from the end: reversed, the output stays sorted.
                     names.sort_by(|a, b| b.cmp(a));
                     for name in names {
-                        let child = path
-                            .join(name.as_bytes())
-                            .map_err(|e| format!("{path}: {e}"))?;
+                        let child = path.join(&name).map_err(|e| format!("{path}: {e}"))?;
                         todo.push(child);
                     }
                     (None, Vec::new())
                 }
-                rustix::fs::FileType::Symlink => {
-                    let target = std::fs::read_link(full(&path)).map_err(failed)?;
-                    (Some(target.as_os_str().as_bytes().to_vec()), Vec::new())
-                }
-                rustix::fs::FileType::RegularFile if stat.st_size as u64 > MAX_COPY_FILE => {
+                FileType::Symlink => (Some(view.read_link(&path).map_err(failed)?), Vec::new()),
+                FileType::RegularFile if stat.st_size as u64 > MAX_COPY_FILE => {
                     let limit = MAX_COPY_FILE >> 20;
                     return Err(format!(
                         "{path}: larger than {limit} MiB: let the sync carry it"
                     ));
                 }
-                rustix::fs::FileType::RegularFile => {
-                    (None, std::fs::read(full(&path)).map_err(failed)?)
+                FileType::RegularFile => {
+                    let mut data = Vec::new();
+                    view.open_file(&path)
+                        .and_then(|mut file| file.read_to_end(&mut data))
+                        .map_err(failed)?;
+                    (None, data)
                 }
                 // Fifos, sockets, devices never sync.
                 _ => continue,
@@ -1132,6 +1133,24 @@ fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_to_project_never_reads_through_a_symlink_in_the_view() {
+        let view = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("shadow"), b"host secret").unwrap();
+        std::os::unix::fs::symlink(outside.path(), view.path().join("l")).unwrap();
+        std::fs::write(view.path().join("mine"), b"mine").unwrap();
+        let read = |typed: &[u8]| read_view(view.path(), &[typed.to_vec()], b"/");
+        let error = read(b"l/shadow").unwrap_err();
+        assert!(error.contains("l/shadow"), "{error}");
+        // The link itself is copied as a link, and files as they are.
+        let entries = read(b"l").unwrap();
+        assert!(
+            matches!(entries[..], [(_, ref meta, _)] if matches!(meta.kind, unionsync_core::Kind::Symlink { .. }))
+        );
+        assert_eq!(read(b"mine").unwrap()[0].2, b"mine");
+    }
 
     #[test]
     fn requests_and_responses_round_trip_as_one_json_line() {

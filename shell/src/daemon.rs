@@ -25,13 +25,10 @@ use crate::compute_disk::{ComputeDirs, DiskComputeStore};
 use crate::control::{self, ComputeInfo, ComputeLink, ControlError, ControlListener, Side};
 use crate::persist;
 use crate::project_disk::DiskProjectStore;
-use crate::project_server::{serve_observed, Observer};
+use crate::project_server::{serve_observed, Observer, ServeLimits};
 use crate::project_watch::{ProjectWatch, WatchNews};
 use crate::tls::{self, TlsError, TlsListener, TlsTcpConnector};
 use crate::union::{self, journal::Journal, journal::SharedJournal, MountLink};
-
-/// How long a TLS client may take to complete its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -128,17 +125,14 @@ pub async fn run_project_server_with_control(
     };
     let control = control::run_project_control(control, events_rx, info);
     let observer = Some(Observer::Connections(events));
+    let limits = ServeLimits::default();
     let served = async move {
         match tls {
             Some(tls) => {
-                let listener = TlsListener {
-                    tcp: listener,
-                    tls,
-                    handshake_timeout: HANDSHAKE_TIMEOUT,
-                };
-                serve_observed(listener, store, config, observer, Some(news)).await
+                let listener = TlsListener { tcp: listener, tls };
+                serve_observed(listener, store, config, observer, Some(news), limits).await
             }
-            None => serve_observed(listener, store, config, observer, Some(news)).await,
+            None => serve_observed(listener, store, config, observer, Some(news), limits).await,
         }
     };
     tokio::select! {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! compute: TlsTcpConnector ── TCP ─► TLS handshake (verify the server name) ─► websocket
-//! project: TlsListener ◄── TCP accept ◄── TLS handshake (bounded in time) ◄── websocket
+//! project: TlsListener ◄── TCP accept; TLS handshake on the connection's task ◄── websocket
 //! ```
 //!
 //! The agents stay generic over the stream: these are one more
@@ -11,7 +11,6 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -107,25 +106,19 @@ impl Connector for TlsTcpConnector {
     }
 }
 
-/// Accepts TCP connections and completes their TLS handshake; a peer that
-/// fails or stalls the handshake is dropped and accepting goes on.
+/// Accepts TCP connections; their TLS handshake is the server's to await
+/// on each connection's own task (within its handshake timeout), so a peer
+/// that stalls it holds up nobody else.
 pub struct TlsListener {
     pub tcp: TcpListener,
     pub tls: TlsAcceptor,
-    pub handshake_timeout: Duration,
 }
 
 impl Listener for TlsListener {
     type Stream = server::TlsStream<TcpStream>;
-    async fn accept(&mut self) -> std::io::Result<(Self::Stream, SocketAddr)> {
-        loop {
-            let (tcp, peer) = self.tcp.accept().await?;
-            let handshake = tokio::time::timeout(self.handshake_timeout, self.tls.accept(tcp));
-            match handshake.await {
-                Ok(Ok(stream)) => return Ok((stream, peer)),
-                Ok(Err(error)) => tracing::warn!(%peer, %error, "TLS handshake failed"),
-                Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
-            }
-        }
+    type Handshake = tokio_rustls::Accept<TcpStream>;
+    async fn accept(&mut self) -> std::io::Result<(Self::Handshake, SocketAddr)> {
+        let (tcp, peer) = self.tcp.accept().await?;
+        Ok((self.tls.accept(tcp), peer))
     }
 }

@@ -4,7 +4,7 @@
 //! it; no DNS or TLS is involved (the URL only fills the HTTP request).
 
 use futures_util::{SinkExt, StreamExt};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::CapacityError;
@@ -37,6 +37,12 @@ pub enum TransportError {
     NotAFile(RelPath),
     #[error("the peer took no frame for {0:?}")]
     Timeout(Duration),
+    #[error("handshake: {0}")]
+    Handshake(std::io::Error),
+    #[error("no accepted Hello within {0:?} of connecting")]
+    Unauthenticated(Duration),
+    #[error("nothing heard from the peer for {0:?} (a ping went unanswered)")]
+    Idle(Duration),
 }
 
 impl TransportError {
@@ -98,8 +104,33 @@ pub async fn recv<S>(ws: &mut Ws<S>) -> Result<Option<Message>, TransportError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    recv_noting(ws, || {}).await
+}
+
+/// [`recv`], telling `alive` of every frame (pongs included).
+pub async fn recv_alive<S>(
+    ws: &mut Ws<S>,
+    alive: &mut Liveness,
+) -> Result<Option<Message>, TransportError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    recv_noting(ws, || alive.heard(crate::now())).await
+}
+
+async fn recv_noting<S>(
+    ws: &mut Ws<S>,
+    mut heard: impl FnMut(),
+) -> Result<Option<Message>, TransportError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
-        let frame = match ws.next().await {
+        let frame = ws.next().await;
+        if matches!(frame, Some(Ok(_))) {
+            heard();
+        }
+        let frame = match frame {
             None => return Ok(None),
             Some(Err(tungstenite::Error::Capacity(CapacityError::MessageTooLong {
                 size, ..
@@ -117,6 +148,105 @@ where
             Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => {}
         }
     }
+}
+
+/// When to ping a quiet peer and when to give it up: a peer that vanished
+/// without closing (host gone, NAT mapping dropped) leaves a half-open
+/// connection that would otherwise hold its compute id forever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// A ping after this long without sending one.
+    pub interval: Duration,
+    /// Nothing heard for this long while waiting on the peer: it is gone.
+    pub idle: Duration,
+}
+
+impl Keepalive {
+    /// Derived from the agents' step timeout: a ping every quarter of it
+    /// (a peer that closed its end answers with a reset at once), and gone
+    /// after five. A peer busy with local work (a scan of a large upper, a
+    /// big apply) reads no frame and answers no ping meanwhile, so the
+    /// idle bound must outlast what a step may take.
+    pub fn for_step(step_timeout: Duration) -> Keepalive {
+        Keepalive {
+            interval: step_timeout / 4,
+            idle: step_timeout * 5,
+        }
+    }
+}
+
+/// The keepalive clock of one connection.
+#[derive(Debug)]
+pub struct Liveness {
+    keepalive: Keepalive,
+    heard: Instant,
+    pinged: Instant,
+}
+
+impl Liveness {
+    pub fn new(keepalive: Keepalive, now: Instant) -> Liveness {
+        Liveness {
+            keepalive,
+            heard: now,
+            pinged: now,
+        }
+    }
+
+    pub fn idle(&self) -> Duration {
+        self.keepalive.idle
+    }
+
+    /// A frame came from the peer.
+    pub fn heard(&mut self, now: Instant) {
+        self.heard = now;
+    }
+
+    /// This side was busy from `since` to `now` (not reading): that time
+    /// is not the peer's silence.
+    pub fn busy(&mut self, since: Instant, now: Instant) {
+        let busy = now.saturating_duration_since(since);
+        self.heard = (self.heard + busy).min(now);
+    }
+
+    /// When [`Liveness::tick`] has something to do.
+    pub fn deadline(&self) -> Instant {
+        (self.pinged + self.keepalive.interval).min(self.heard + self.keepalive.idle)
+    }
+
+    /// At the deadline: `Ok(true)` to send a ping now, an error once the
+    /// peer is gone.
+    pub fn tick(&mut self, now: Instant) -> Result<bool, TransportError> {
+        if now >= self.heard + self.keepalive.idle {
+            return Err(TransportError::Idle(self.keepalive.idle));
+        }
+        let due = now >= self.pinged + self.keepalive.interval;
+        if due {
+            self.pinged = now;
+        }
+        Ok(due)
+    }
+}
+
+/// Sends a ping, bounded in time like every other send.
+pub async fn ping<S>(ws: &mut Ws<S>, timeout: Duration) -> Result<(), TransportError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::time::timeout(timeout, ws.send(Frame::Ping(Vec::new().into())))
+        .await
+        .unwrap_or(Err(tungstenite::Error::Io(
+            std::io::ErrorKind::TimedOut.into(),
+        )))?;
+    Ok(())
+}
+
+/// Closes the websocket, giving up after `timeout` (a peer that reads
+/// nothing never takes the close frame).
+pub async fn close_within<S>(ws: &mut Ws<S>, timeout: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(timeout, ws.close(None)).await;
 }
 
 /// Ships the files of a `SendFiles` step of sync `sync` as one archive
@@ -171,7 +301,9 @@ where
     Ok(Ok(skipped))
 }
 
-async fn send_within<S>(
+/// [`send`], failing with [`TransportError::Timeout`] when the peer takes
+/// the frame no sooner than `timeout`.
+pub async fn send_within<S>(
     ws: &mut Ws<S>,
     message: &Message,
     timeout: Duration,
@@ -423,6 +555,34 @@ mod tests {
             }
         }
         assert!(result.is_err_and(|e| e.is_malformed()));
+    }
+
+    #[test]
+    fn liveness_pings_a_quiet_peer_and_gives_it_up_after_the_idle_bound() {
+        let start = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut alive = Liveness::new(Keepalive::for_step(4 * s), start);
+        assert_eq!(alive.deadline(), start + s);
+        assert!(alive.tick(start + s).unwrap(), "a ping is due");
+        assert!(!alive.tick(start + s).unwrap(), "only one");
+        // Heard at 19 s: alive until 39 s, pinging every second meanwhile.
+        alive.heard(start + 19 * s);
+        assert!(alive.tick(start + 38 * s).unwrap());
+        assert!(matches!(
+            alive.tick(start + 39 * s),
+            Err(TransportError::Idle(_))
+        ));
+    }
+
+    #[test]
+    fn time_this_side_spent_busy_is_not_the_peers_silence() {
+        let start = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut alive = Liveness::new(Keepalive::for_step(4 * s), start);
+        // 30 s of local work (a big apply) after 5 s of waiting.
+        alive.busy(start + 5 * s, start + 35 * s);
+        assert!(alive.tick(start + 36 * s).is_ok());
+        assert!(alive.tick(start + 50 * s).is_err());
     }
 
     #[tokio::test]

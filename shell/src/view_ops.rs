@@ -6,91 +6,94 @@
 //! ```text
 //! project CLI ─► project daemon ─► Remote{op} ─► compute agent ─► perform(mountpoint, op)
 //! ```
+//!
+//! Paths resolve beneath the mountpoint with [`Root`]: the view holds
+//! symlinks the project synced (`l -> /`), and `rm -r l/var` must never
+//! reach the compute host's `/var`.
 
-use std::ffi::OsStr;
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
 
-use rustix::fs::FileType;
+use rustix::fs::{FileType, RenameFlags};
+use rustix::io::Errno;
 use unionsync_core::{RelPath, RemoteEntry, RemoteOp};
 
-use crate::beneath::meta_of;
-
-fn under(mountpoint: &Path, path: &RelPath) -> PathBuf {
-    mountpoint.join(OsStr::from_bytes(path.as_bytes()))
-}
+use crate::beneath::{meta_of, Root};
 
 /// Runs `op` against the view mounted at `mountpoint`; the error text says
 /// which path and why.
-pub fn perform(mountpoint: &Path, op: &RemoteOp) -> Result<Vec<RemoteEntry>, String> {
+pub fn perform(mountpoint: &std::path::Path, op: &RemoteOp) -> Result<Vec<RemoteEntry>, String> {
     let describe = |what: &str, path: &dyn std::fmt::Display| {
         let what = format!("{what} {path}");
         move |error: io::Error| format!("{what}: {error}")
     };
+    let view = Root::open(mountpoint).map_err(describe("opening the view", &"the root"))?;
     match op {
-        RemoteOp::List { path: None } => list(mountpoint).map_err(describe("listing", &"the root")),
+        RemoteOp::List { path: None } => {
+            list(&view, None).map_err(describe("listing", &"the root"))
+        }
         RemoteOp::List { path: Some(path) } => {
-            list(&under(mountpoint, path)).map_err(describe("listing", path))
+            list(&view, Some(path)).map_err(describe("listing", path))
         }
         RemoteOp::Remove { path, recursive } => {
-            let full = under(mountpoint, path);
-            let stat =
-                rustix::fs::lstat(&full).map_err(|e| describe("removing", path)(e.into()))?;
-            let result = match FileType::from_raw_mode(stat.st_mode) {
-                FileType::Directory if *recursive => std::fs::remove_dir_all(&full),
-                FileType::Directory => std::fs::remove_dir(&full),
-                _ => std::fs::remove_file(&full),
+            let stat = view
+                .lstat(path)
+                .and_then(|stat| stat.ok_or_else(|| Errno::NOENT.into()))
+                .map_err(describe("removing", path))?;
+            let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
+            let result = if is_dir && *recursive {
+                view.remove_tree(path)
+            } else {
+                view.remove(path, is_dir)
             };
             result
                 .map(|()| Vec::new())
                 .map_err(describe("removing", path))
         }
-        RemoteOp::Rename { from, to } => {
-            let (source, target) = (under(mountpoint, from), under(mountpoint, to));
-            // Never replace what is there: the operator asked for a move,
-            // not for a deletion of the target.
-            if std::fs::symlink_metadata(&target).is_ok() {
-                return Err(format!("renaming {from} to {to}: {to} exists"));
+        // Never replace what is there: the operator asked for a move, not
+        // for a deletion of the target.
+        RemoteOp::Rename { from, to } => match view.rename(from, to, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(Vec::new()),
+            Err(e) if Errno::from_io_error(&e) == Some(Errno::EXIST) => {
+                Err(format!("renaming {from} to {to}: {to} exists"))
             }
-            std::fs::rename(&source, &target)
-                .map(|()| Vec::new())
-                .map_err(describe("renaming", from))
-        }
+            Err(e) => Err(describe("renaming", from)(e)),
+        },
     }
 }
 
-/// The entries of directory `full`, or the entry itself when it is not one.
-fn list(full: &Path) -> io::Result<Vec<RemoteEntry>> {
-    let stat = rustix::fs::lstat(full)?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
-        let name = full
-            .file_name()
-            .map(|n| n.as_bytes().to_vec())
-            .unwrap_or_default();
-        return Ok(vec![entry(full, name, &stat)?]);
+/// The entries of directory `dir` (`None`: the root), or the entry itself
+/// when it is not one.
+fn list(view: &Root, dir: Option<&RelPath>) -> io::Result<Vec<RemoteEntry>> {
+    if let Some(path) = dir {
+        let stat = view.lstat(path)?.ok_or(Errno::NOENT)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+            return Ok(vec![entry(view, path, &stat)?]);
+        }
     }
     let mut out = Vec::new();
-    for dirent in std::fs::read_dir(full)? {
-        let dirent = dirent?;
-        let path = dirent.path();
+    for name in view.names(dir)? {
+        let path = match dir {
+            Some(dir) => dir.join(&name),
+            None => RelPath::new(name),
+        }
+        .map_err(io::Error::other)?;
         // Gone since the listing: not an entry any more.
-        let Ok(stat) = rustix::fs::lstat(&path) else {
+        let Some(stat) = view.lstat(&path)? else {
             continue;
         };
-        out.push(entry(&path, dirent.file_name().as_bytes().to_vec(), &stat)?);
+        out.push(entry(view, &path, &stat)?);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
-fn entry(path: &Path, name: Vec<u8>, stat: &rustix::fs::Stat) -> io::Result<RemoteEntry> {
+fn entry(view: &Root, path: &RelPath, stat: &rustix::fs::Stat) -> io::Result<RemoteEntry> {
     let target = match FileType::from_raw_mode(stat.st_mode) {
-        FileType::Symlink => Some(std::fs::read_link(path)?.into_os_string().into_vec()),
+        FileType::Symlink => Some(view.read_link(path)?),
         _ => None,
     };
     Ok(RemoteEntry {
-        name,
+        name: path.file_name().to_vec(),
         meta: meta_of(stat, target),
     })
 }

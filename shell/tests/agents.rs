@@ -13,14 +13,15 @@ use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use unionsync::compute_agent::{run_compute_agent, AgentCommand, ComputeAgentConfig, Connector};
-use unionsync::project_server::serve_connection;
+use unionsync::project_server::{serve_connection, ServeError};
 use unionsync::store::{Applied, ComputeStore, ProjectStore, StoreError, StoreResult};
 use unionsync::transport;
+use unionsync::transport::TransportError;
 use unionsync_core::wire::MAX_MESSAGE_LEN;
 use unionsync_core::{
     BaseEntry, Change, ComputeConfig, ComputeEvent, ComputeOp, ComputeSession, ContentHash,
-    ErrorCode, Message, Meta, ProjectConfig, ProjectEvent, ProjectOp, RelPath, Reported, Timing,
-    PROTOCOL_VERSION,
+    ErrorCode, Message, Meta, ProjectConfig, ProjectEvent, ProjectOp, RelPath, Reported,
+    SyncReport, Timing, PROTOCOL_VERSION,
 };
 
 const TOKEN: &[u8] = b"right";
@@ -169,6 +170,70 @@ impl Connector for OneStream {
     }
 }
 
+/// A first connection attempt that is never answered (a lost SYN), then
+/// [`OneStream`].
+struct HangsFirst(bool, OneStream);
+
+impl Connector for HangsFirst {
+    type Stream = DuplexStream;
+    async fn connect(&mut self) -> std::io::Result<DuplexStream> {
+        if !std::mem::replace(&mut self.0, true) {
+            std::future::pending::<()>().await;
+        }
+        self.1.connect().await
+    }
+}
+
+/// Starts a compute agent for `compute` over `connector`; its commands and
+/// events.
+fn spawn_agent<C: Connector + 'static>(
+    connector: C,
+    compute: &FakeCompute,
+    step_timeout: Duration,
+) -> (
+    tokio::task::JoinHandle<StoreResult<()>>,
+    mpsc::UnboundedSender<AgentCommand>,
+    mpsc::UnboundedReceiver<ComputeEvent>,
+) {
+    let session = ComputeConfig {
+        compute_id: 7,
+        token: TOKEN.to_vec(),
+        timing: Timing::default(),
+        step_timeout,
+    };
+    let now = tokio::time::Instant::now().into_std();
+    let (status, _status_rx) =
+        watch::channel(ComputeSession::new(session.clone(), 0, now).status(now));
+    let config = ComputeAgentConfig {
+        session,
+        url: "ws://project/".into(),
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(1),
+    };
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let agent = tokio::task::spawn_local(run_compute_agent(
+        config,
+        connector,
+        compute.clone(),
+        command_rx,
+        status,
+        Some(events),
+    ));
+    (agent, commands, events_rx)
+}
+
+/// The report of the first sync, which must succeed.
+async fn first_sync(events: &mut mpsc::UnboundedReceiver<ComputeEvent>) -> SyncReport {
+    loop {
+        match events.recv().await.unwrap() {
+            ComputeEvent::SyncStarted { .. } => {}
+            ComputeEvent::SyncDone(report) => return report,
+            other => panic!("sync did not succeed: {other:?}"),
+        }
+    }
+}
+
 fn project_config() -> ProjectConfig {
     ProjectConfig {
         token: TOKEN.to_vec(),
@@ -196,22 +261,29 @@ async fn local<F: Future>(test: F) -> F::Output {
         .expect("test timed out")
 }
 
+type Server = tokio::task::JoinHandle<Result<(), ServeError>>;
+
+/// A project server for `project` on its end of a pipe.
+fn spawn_server(
+    stream: DuplexStream,
+    project: &FakeProject,
+    config: ProjectConfig,
+    events: Option<mpsc::UnboundedSender<ProjectEvent>>,
+) -> Server {
+    tokio::task::spawn_local(serve_connection(
+        stream,
+        project.clone(),
+        config,
+        events,
+        None,
+    ))
+}
+
 /// Connects a raw websocket client to a project server over a pipe; the
 /// server's result comes out of the handle.
-async fn raw_client(
-    project: &FakeProject,
-) -> (
-    transport::Ws<DuplexStream>,
-    tokio::task::JoinHandle<Result<(), unionsync::project_server::ServeError>>,
-) {
+async fn raw_client(project: &FakeProject) -> (transport::Ws<DuplexStream>, Server) {
     let (client, server) = tokio::io::duplex(1 << 16);
-    let server = tokio::task::spawn_local(serve_connection(
-        server,
-        project.clone(),
-        project_config(),
-        None,
-        None,
-    ));
+    let server = spawn_server(server, project, project_config(), None);
     let ws = transport::connect("ws://project/", client).await.unwrap();
     (ws, server)
 }
@@ -219,7 +291,7 @@ async fn raw_client(
 /// Asserts the server refuses with `code`, closes, and touched no storage.
 async fn assert_refused(
     mut ws: transport::Ws<DuplexStream>,
-    server: tokio::task::JoinHandle<Result<(), unionsync::project_server::ServeError>>,
+    server: Server,
     project: &FakeProject,
     code: ErrorCode,
 ) {
@@ -308,47 +380,12 @@ async fn one_compute_file_reaches_the_project_and_both_commit_epoch_1() {
 
         let (client, server) = tokio::io::duplex(1 << 16);
         let (project_events, mut project_rx) = mpsc::unbounded_channel();
-        let server = tokio::task::spawn_local(serve_connection(
-            server,
-            project.clone(),
-            project_config(),
-            Some(project_events),
-            None,
-        ));
+        let server = spawn_server(server, &project, project_config(), Some(project_events));
 
-        let session = ComputeConfig {
-            compute_id: 7,
-            token: TOKEN.to_vec(),
-            timing: Timing::default(),
-            step_timeout: Duration::from_secs(10),
-        };
-        let now = tokio::time::Instant::now().into_std();
-        let (status, _status_rx) =
-            watch::channel(ComputeSession::new(session.clone(), 0, now).status(now));
-        let config = ComputeAgentConfig {
-            session,
-            url: "ws://project/".into(),
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(1),
-        };
-        let (commands, command_rx) = mpsc::unbounded_channel();
-        let (events, mut events_rx) = mpsc::unbounded_channel();
-        let agent = tokio::task::spawn_local(run_compute_agent(
-            config,
-            OneStream(Some(client)),
-            compute.clone(),
-            command_rx,
-            status,
-            Some(events),
-        ));
-
-        let report = loop {
-            match events_rx.recv().await.unwrap() {
-                ComputeEvent::SyncStarted { .. } => {}
-                ComputeEvent::SyncDone(report) => break report,
-                other => panic!("sync did not succeed: {other:?}"),
-            }
-        };
+        let connector = OneStream(Some(client));
+        let (agent, commands, mut events_rx) =
+            spawn_agent(connector, &compute, Duration::from_secs(10));
+        let report = first_sync(&mut events_rx).await;
         commands.send(AgentCommand::Shutdown).unwrap();
         agent.await.unwrap().unwrap();
         server.await.unwrap().unwrap();
@@ -380,6 +417,80 @@ async fn one_compute_file_reaches_the_project_and_both_commit_epoch_1() {
                 ..
             })
         ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_connect_that_is_never_answered_times_out_and_is_retried() {
+    local(async {
+        let (compute, project) = (FakeCompute::default(), FakeProject::default());
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let server = spawn_server(server, &project, project_config(), None);
+        // Without a bound on connecting, the agent would wait forever.
+        let connector = HangsFirst(false, OneStream(Some(client)));
+        let (agent, commands, mut events) =
+            spawn_agent(connector, &compute, Duration::from_millis(300));
+        assert_eq!(first_sync(&mut events).await.epoch, 1);
+        commands.send(AgentCommand::Shutdown).unwrap();
+        agent.await.unwrap().unwrap();
+        server.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+/// A project server with a short step timeout (pings every 50 ms, a
+/// silent peer gone after 1 s), welcoming a raw client.
+async fn welcomed_raw_client() -> (transport::Ws<DuplexStream>, Server) {
+    let project = FakeProject::default();
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let config = ProjectConfig {
+        step_timeout: Duration::from_millis(200),
+        ..project_config()
+    };
+    let server = spawn_server(server, &project, config, None);
+    let mut ws = transport::connect("ws://project/", client).await.unwrap();
+    transport::send(&mut ws, &hello(PROTOCOL_VERSION, TOKEN))
+        .await
+        .unwrap();
+    match transport::recv(&mut ws).await.unwrap() {
+        Some(Message::Welcome { .. }) => {}
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    (ws, server)
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_is_dropped_after_the_idle_bound() {
+    local(async {
+        let (ws, server) = welcomed_raw_client().await;
+        // Half-open: the client neither reads (no pongs) nor closes.
+        let ended = server.await.unwrap();
+        assert!(
+            matches!(ended, Err(ServeError::Transport(TransportError::Idle(_)))),
+            "{ended:?}"
+        );
+        drop(ws);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_peer_that_keeps_reading_answers_pings_and_stays_connected() {
+    local(async {
+        let (mut ws, server) = welcomed_raw_client().await;
+        // 40 pings of 50 ms: twice the idle bound, answered as they come.
+        let mut pings = 0;
+        while pings < 40 {
+            match ws.next().await {
+                Some(Ok(Frame::Ping(_))) => pings += 1,
+                Some(Ok(_)) => {}
+                other => panic!("the server ended the connection: {other:?}"),
+            }
+        }
+        assert!(!server.is_finished());
+        ws.close(None).await.unwrap();
+        server.await.unwrap().unwrap();
     })
     .await;
 }

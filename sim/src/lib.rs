@@ -129,8 +129,10 @@ struct SimListener(turmoil::net::TcpListener);
 
 impl Listener for SimListener {
     type Stream = turmoil::net::TcpStream;
-    async fn accept(&mut self) -> std::io::Result<(Self::Stream, SocketAddr)> {
-        self.0.accept().await
+    type Handshake = std::future::Ready<std::io::Result<Self::Stream>>;
+    async fn accept(&mut self) -> std::io::Result<(Self::Handshake, SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
+        Ok((std::future::ready(Ok(stream)), peer))
     }
 }
 

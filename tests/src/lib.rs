@@ -186,13 +186,29 @@ impl Scene {
     }
 
     fn spawn(&self, name: &str, args: &[&OsStr]) -> Daemon {
+        self.spawn_limited(name, args, None)
+    }
+
+    /// [`Scene::spawn`] with at most `fd_limit` open files (`ulimit -n`).
+    fn spawn_limited(&self, name: &str, args: &[&OsStr], fd_limit: Option<u32>) -> Daemon {
         let log = self
             .dir
             .path()
             .join("logs")
             .join(format!("{name}-{}.log", self.logs.borrow().len()));
         let file = std::fs::File::create(&log).expect("creating a log file");
-        let child = Command::new(binary())
+        let mut command = match fd_limit {
+            None => Command::new(binary()),
+            Some(limit) => {
+                // The shell execs the daemon: the child's pid is its own.
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(binary());
+                sh
+            }
+        };
+        let child = command
             .args(args)
             .env("RUST_LOG", "unionsync=debug")
             // Its default control socket apart from every other daemon's.
@@ -219,6 +235,11 @@ impl Scene {
 
     /// [`Scene::start_project`] with more arguments.
     pub fn start_project_with(&self, extra: &[&OsStr]) -> Daemon {
+        self.start_project_limited(extra, None)
+    }
+
+    /// [`Scene::start_project_with`], allowed at most `fd_limit` open files.
+    pub fn start_project_limited(&self, extra: &[&OsStr], fd_limit: Option<u32>) -> Daemon {
         let listen = format!("127.0.0.1:{}", self.port);
         let mut args: Vec<&OsStr> = vec![
             "project".as_ref(),
@@ -231,7 +252,7 @@ impl Scene {
             self.token.as_os_str(),
         ];
         args.extend_from_slice(extra);
-        let mut daemon = self.spawn("project", &args);
+        let mut daemon = self.spawn_limited("project", &args, fd_limit);
         wait_for(
             "the project server to listen",
             Duration::from_secs(20),
@@ -245,6 +266,23 @@ impl Scene {
             },
         );
         daemon
+    }
+
+    /// [`Scene::start_project`] serving `wss://` with `cert` and `key`.
+    pub fn start_tls_project(&self, cert: &Path, key: &Path) -> Daemon {
+        self.start_project_with(&[
+            "--tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ])
+    }
+
+    /// [`Scene::start_compute`] over `wss://localhost`, trusting `cert`.
+    pub fn start_tls_compute(&self, dirs: &ComputeDirs, cert: &Path) -> Daemon {
+        let url = format!("wss://localhost:{}/", self.port);
+        let trust: [&OsStr; 2] = ["--ca-cert".as_ref(), cert.as_os_str()];
+        self.start_compute_with(dirs, &url, &self.token, &trust)
     }
 
     /// Directories for compute server `id` (created empty).
@@ -689,4 +727,31 @@ impl Daemon {
             .with_extension("run")
             .join(format!("unionsync/{side}.sock"))
     }
+}
+
+/// A throwaway self-signed certificate for `localhost` (openssl CLI).
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        // An end-entity certificate (webpki refuses a CA as a server's).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is installed (.ci/run installs it)");
+    assert!(status.success());
+    (cert, key)
 }

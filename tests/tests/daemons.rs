@@ -5,7 +5,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use unionsync_tests::{conflicts, tree, wait_for, write_whiteout, Entry, Scene};
+use unionsync_tests::{conflicts, self_signed, tree, wait_for, write_whiteout, Entry, Scene};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -184,6 +184,31 @@ fn a_read_only_directory_arrives_with_its_children() {
 }
 
 #[test]
+fn set_id_bits_never_cross_the_sync_either_way() {
+    let scene = Scene::new();
+    let c = scene.compute_dirs(1);
+    // Pushed: made setuid in the upper (as root would be able to).
+    write(&c.upper.join("pushed"), b"#!/bin/sh\n");
+    chmod(&c.upper.join("pushed"), 0o4755);
+    // Pulled: a file both sides have, rewritten and made setgid in the
+    // project after the first sync.
+    write(&c.upper.join("shared"), b"v1");
+    let _project = scene.start_project();
+    let _compute = scene.start_compute(&c);
+    let mode = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.permissions().mode() & 0o7777);
+    wait_for("the push", CONVERGE, || {
+        mode(&scene.home.join("pushed")).is_ok() && mode(&scene.home.join("shared")).is_ok()
+    });
+    assert_eq!(mode(&scene.home.join("pushed")).unwrap(), 0o755);
+    write(&scene.home.join("shared"), b"v2 from the project");
+    chmod(&scene.home.join("shared"), 0o2755);
+    wait_for("the pull", CONVERGE, || {
+        file_data(&c.upper, "shared").as_deref() == Some(&b"v2 from the project"[..])
+    });
+    assert_eq!(mode(&c.upper.join("shared")).unwrap(), 0o755);
+}
+
+#[test]
 fn several_compute_servers_sync_against_one_project_each_with_its_own_base() {
     let scene = Scene::new();
     let one = scene.compute_dirs(1);
@@ -294,52 +319,14 @@ fn kill_9_of_the_compute_agent_mid_transfer_loses_nothing() {
     assert!(conflicts(&scene.home).is_empty());
 }
 
-/// A throwaway self-signed certificate for `localhost` (openssl CLI).
-fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost"])
-        // An end-entity certificate (webpki refuses a CA as a server's).
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl is installed (.ci/run installs it)");
-    assert!(status.success());
-    (cert, key)
-}
-
 #[test]
 fn wss_with_a_trusted_certificate_syncs() {
     let scene = Scene::new();
     let (cert, key) = self_signed(scene.path());
     let c = scene.compute_dirs(1);
     write(&c.upper.join("over-tls.txt"), b"encrypted on the way");
-    let _project = scene.start_project_with(&[
-        "--tls-cert".as_ref(),
-        cert.as_os_str(),
-        "--tls-key".as_ref(),
-        key.as_os_str(),
-    ]);
-    let url = format!("wss://localhost:{}/", scene.port);
-    let _compute = scene.start_compute_with(
-        &c,
-        &url,
-        &scene.token,
-        &["--ca-cert".as_ref(), cert.as_os_str()],
-    );
+    let _project = scene.start_tls_project(&cert, &key);
+    let _compute = scene.start_tls_compute(&c, &cert);
     wait_converged(&scene, &c);
     wait_for("the file over TLS", CONVERGE, || {
         file_data(&scene.home, "over-tls.txt").is_some()
@@ -352,12 +339,7 @@ fn wss_to_an_untrusted_certificate_moves_nothing() {
     let (cert, key) = self_signed(scene.path());
     let c = scene.compute_dirs(1);
     write(&c.upper.join("secret.txt"), b"not for an impostor");
-    let project = scene.start_project_with(&[
-        "--tls-cert".as_ref(),
-        cert.as_os_str(),
-        "--tls-key".as_ref(),
-        key.as_os_str(),
-    ]);
+    let project = scene.start_tls_project(&cert, &key);
     // No --ca-cert: the self-signed certificate is not trusted.
     let url = format!("wss://localhost:{}/", scene.port);
     let _compute = scene.start_compute_with(&c, &url, &scene.token, &[]);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use unionsync_core::{ErrorCode, Message, PROTOCOL_VERSION};
-use unionsync_tests::{tree, Scene};
+use unionsync_tests::{self_signed, tree, wait_for, Scene};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
@@ -63,6 +63,18 @@ fn hello(version: u16, token: &[u8]) -> Message {
         compute_id: 9,
         token: token.to_vec(),
         epoch: 0,
+    }
+}
+
+/// Connects as compute 9 with the right token; `Welcome`'s `full`, or the
+/// refusal.
+async fn welcomed(scene: &Scene) -> (Ws, Result<bool, Message>) {
+    let mut ws = connect(scene).await;
+    send(&mut ws, &hello(PROTOCOL_VERSION, b"e2e-secret")).await;
+    match next(&mut ws).await {
+        Some(Message::Welcome { full, .. }) => (ws, Ok(full)),
+        Some(other) => (ws, Err(other)),
+        None => panic!("the server closed without answering the Hello"),
     }
 }
 
@@ -190,4 +202,206 @@ async fn an_archive_escaping_the_home_is_refused_and_writes_nothing() {
         assert!(outside.is_empty());
         assert!(!scene.path().parent().unwrap().join("escape.txt").exists());
     }
+}
+
+#[tokio::test]
+async fn a_second_connection_with_a_live_compute_id_is_refused_naming_the_id() {
+    let scene = Scene::new();
+    let _project = scene.start_project();
+    let (mut first, full) = welcomed(&scene).await;
+    let full = full.expect("the first connection is welcomed");
+    let (mut second, refused) = welcomed(&scene).await;
+    match refused {
+        Err(Message::Error { code, message }) => {
+            assert_eq!(code, ErrorCode::ComputeIdInUse, "{message}");
+            assert!(message.contains("compute id 9"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(next(&mut second).await, None, "the second is closed");
+    // The first still syncs: its staging and base were never shared.
+    let changes = Message::Changes {
+        sync: 1,
+        epoch: 0,
+        full,
+        changes: Vec::new(),
+    };
+    send(&mut first, &changes).await;
+    assert!(matches!(
+        next(&mut first).await,
+        Some(Message::Plan { sync: 1, .. })
+    ));
+    // Once the first is gone, the id is free again.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match welcomed(&scene).await.1 {
+            Ok(_) => break,
+            Err(Message::Error {
+                code: ErrorCode::ComputeIdInUse,
+                ..
+            }) if tokio::time::Instant::now() < deadline => {}
+            other => panic!("the id was not freed: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_copy_into_the_reserved_directory_is_refused_and_writes_nothing() {
+    let scene = Scene::new();
+    let other_base = scene.home.join(".unionsync/bases/2");
+    std::fs::create_dir_all(other_base.parent().unwrap()).unwrap();
+    std::fs::write(&other_base, b"compute 2's base").unwrap();
+    let _project = scene.start_project();
+    let (mut ws, welcome) = welcomed(&scene).await;
+    welcome.expect("welcomed");
+    let copy = Message::CopyIn {
+        id: 1,
+        path: unionsync_core::RelPath::new(".unionsync/bases/2").unwrap(),
+        meta: unionsync_core::Meta::file(0o644, 5, 1),
+        data: b"pwned".to_vec(),
+        last: true,
+    };
+    send(&mut ws, &copy).await;
+    match next(&mut ws).await {
+        Some(Message::CopyInDone {
+            id: 1,
+            result: Err(why),
+        }) => {
+            assert!(why.contains("reserved"), "{why}")
+        }
+        other => panic!("expected a refused copy, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&other_base).unwrap(), b"compute 2's base");
+    assert!(tree(&scene.home).is_empty());
+}
+
+/// Is `stream` closed by the server (EOF or reset), waiting at most 30 s?
+fn closed_by_server(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    match stream.read(&mut [0u8; 64]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => {
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut
+        }
+    }
+}
+
+#[test]
+fn a_stalled_tls_handshake_holds_up_no_other_peer_and_is_dropped_after_the_timeout() {
+    let scene = Scene::new();
+    let (cert, key) = self_signed(scene.path());
+    let c = scene.compute_dirs(1);
+    std::fs::write(c.upper.join("f"), b"over tls").unwrap();
+    let project = scene.start_tls_project(&cert, &key);
+    // Accepted first (the backlog is in order), then never says a word.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", scene.port)).unwrap();
+    let _compute = scene.start_tls_compute(&c, &cert);
+    wait_for(
+        "the compute server to connect",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(&project.log)
+                .is_ok_and(|log| log.contains("compute server connected"))
+        },
+    );
+    let log = std::fs::read_to_string(&project.log).unwrap();
+    assert!(
+        !log.contains("no accepted Hello"),
+        "the compute server waited for the stalled handshake:\n{log}"
+    );
+    assert!(
+        closed_by_server(&mut stalled),
+        "the stalled peer is dropped"
+    );
+    let log = std::fs::read_to_string(&project.log).unwrap();
+    assert!(log.contains("no accepted Hello within 10s"), "{log}");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_unauthenticated_cap_are_closed_at_once() {
+    let scene = Scene::new();
+    let _project = scene.start_project();
+    // 64 peers that connect and say nothing take every slot.
+    let mut quiet = Vec::new();
+    for _ in 0..64 {
+        quiet.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", scene.port))
+                .await
+                .unwrap(),
+        );
+    }
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", scene.port))
+        .await
+        .unwrap();
+    let upgrade = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio_tungstenite::client_async(scene.url(), stream),
+    );
+    assert!(
+        upgrade.await.expect("closed, not left waiting").is_err(),
+        "the 65th got a websocket"
+    );
+    // Slots free up as the quiet ones go; an honest peer gets in.
+    drop(quiet);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", scene.port))
+            .await
+            .unwrap();
+        if let Ok((mut ws, _)) = tokio_tungstenite::client_async(scene.url(), stream).await {
+            send(&mut ws, &hello(PROTOCOL_VERSION, b"e2e-secret")).await;
+            assert!(matches!(next(&mut ws).await, Some(Message::Welcome { .. })));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no slot came free");
+    }
+}
+
+#[test]
+fn running_out_of_file_descriptors_pauses_accepting_and_the_server_survives() {
+    let scene = Scene::new();
+    let mut project = scene.start_project_limited(&[], Some(40));
+    let mut held = Vec::new();
+    wait_for(
+        "accepting to run out of descriptors",
+        Duration::from_secs(30),
+        || {
+            if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", scene.port)) {
+                held.push(stream);
+            }
+            std::fs::read_to_string(&project.log)
+                .is_ok_and(|log| log.contains("cannot accept connections"))
+        },
+    );
+    assert!(project.running(), "the server survived EMFILE");
+    drop(held);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", scene.port)).await;
+            if let Ok(stream) = stream {
+                if let Ok((mut ws, _)) = tokio_tungstenite::client_async(scene.url(), stream).await
+                {
+                    send(&mut ws, &hello(PROTOCOL_VERSION, b"e2e-secret")).await;
+                    if matches!(next(&mut ws).await, Some(Message::Welcome { .. })) {
+                        break;
+                    }
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never accepting again"
+            );
+        }
+    });
+    assert!(project.running());
 }

@@ -588,3 +588,46 @@ fn a_lower_file_deleted_while_open_stays_readable() {
     assert_eq!(file.metadata().unwrap().len(), 5);
     assert_eq!(fs::read(scene.lower.join("f")).unwrap(), b"lower");
 }
+
+#[test]
+fn a_copy_up_drops_set_id_bits_and_keeps_the_sticky_bit() {
+    if !fuse_available() {
+        return;
+    }
+    let s = Scene::new(
+        |lower| {
+            put_dir(lower, "shared", 0o3755);
+            put(lower, "shared/tool", b"#!/bin/sh\n", 0o6755);
+        },
+        |_| {},
+    );
+    // Writing copies the file and its directory up.
+    OpenOptions::new()
+        .append(true)
+        .open(s.m("shared/tool"))
+        .unwrap()
+        .write_all(b"# edited\n")
+        .unwrap();
+    assert_eq!(mode(&s.upper.join("shared")), 0o1755);
+    assert_eq!(mode(&s.upper.join("shared/tool")), 0o755);
+    assert_eq!(mode(&s.m("shared/tool")), 0o755);
+}
+
+#[test]
+fn the_union_is_mounted_nosuid_and_nodev() {
+    if !fuse_available() {
+        return;
+    }
+    let s = Scene::new(|_| {}, |_| {});
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let mnt = s.mnt.to_string_lossy().into_owned();
+    let options = mounts
+        .lines()
+        .map(|line| line.split(' ').collect::<Vec<_>>())
+        .find(|fields| fields.get(1) == Some(&mnt.as_str()))
+        .map(|fields| fields[3].to_string())
+        .expect("the union is listed");
+    let options: Vec<&str> = options.split(',').collect();
+    assert!(options.contains(&"nosuid"), "{options:?}");
+    assert!(options.contains(&"nodev"), "{options:?}");
+}

@@ -139,3 +139,64 @@ fn an_error_names_the_missing_path() {
     .unwrap_err();
     assert!(error.contains("nope"), "{error}");
 }
+
+/// A view with `l` pointing out of it, at a directory that must survive.
+fn escape_scene() -> (Scene, tempfile::TempDir) {
+    let outside = tempfile::tempdir().unwrap();
+    fs::create_dir(outside.path().join("var")).unwrap();
+    fs::write(outside.path().join("var/keep"), b"host data").unwrap();
+    let target = outside.path().to_path_buf();
+    let s = Scene::new(
+        move |lower| {
+            std::os::unix::fs::symlink(&target, lower.join("l")).unwrap();
+            fs::write(lower.join("notes"), b"n").unwrap();
+        },
+        |_| {},
+    );
+    (s, outside)
+}
+
+#[test]
+fn remote_operations_never_follow_a_symlink_in_the_middle_of_a_path() {
+    if !fuse_available() {
+        return;
+    }
+    let (s, outside) = escape_scene();
+    let ops = [
+        RemoteOp::Remove {
+            path: p("l/var"),
+            recursive: true,
+        },
+        RemoteOp::Remove {
+            path: p("l/var/keep"),
+            recursive: false,
+        },
+        RemoteOp::Rename {
+            from: p("l/var/keep"),
+            to: p("stolen"),
+        },
+        RemoteOp::Rename {
+            from: p("notes"),
+            to: p("l/planted"),
+        },
+        RemoteOp::List {
+            path: Some(p("l/var")),
+        },
+    ];
+    for op in &ops {
+        assert!(perform(&s.mnt, op).is_err(), "{op:?} went through the link");
+    }
+    assert_eq!(
+        fs::read(outside.path().join("var/keep")).unwrap(),
+        b"host data"
+    );
+    assert_eq!(names(outside.path()), ["var"]);
+    // The link itself is an entry of the view, and removable as one.
+    let remove = RemoteOp::Remove {
+        path: p("l"),
+        recursive: true,
+    };
+    perform(&s.mnt, &remove).unwrap();
+    assert!(absent(&s.m("l")));
+    assert!(outside.path().join("var/keep").exists());
+}

@@ -125,7 +125,7 @@ pub fn stat_of(meta: &Meta, subdirs: usize, template: &Stat) -> Stat {
         Kind::Dir => (libc_mode::DIR, 2 + subdirs as u64),
         Kind::Symlink { .. } => (libc_mode::LNK, 1),
     };
-    stat.st_mode = kind_bits | (meta.mode & unionsync_core::PERM_MASK);
+    stat.st_mode = kind_bits | meta.perm();
     // The sync does not carry a directory's size; one block, as on ext4.
     let size = if meta.is_dir() { 4096 } else { meta.size };
     stat.st_size = size as _;

@@ -21,7 +21,7 @@ use std::sync::RwLock;
 
 use rustix::fs::{OFlags, Stat, Timespec};
 use rustix::io::Errno;
-use unionsync_core::{Meta, RelPath};
+use unionsync_core::{carried_perm, Meta, RelPath};
 
 use crate::beneath::{is_absent, meta_of, Root};
 use crate::compute_disk::whiteout_marker;
@@ -129,7 +129,9 @@ fn copy_xattrs(source: &Root, from: &RelPath, target: &Root, to: &RelPath) -> io
         Err(e) if Errno::from_io_error(&e) == Some(Errno::NOTSUP) => return Ok(()),
         Err(e) => return Err(e),
     };
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    // File capabilities are set-id bits by another name: never copied.
+    let copied = |name: &&[u8]| !name.is_empty() && *name != b"security.capability";
+    for name in names.split(|b| *b == 0).filter(copied) {
         let value = source.xattr_get(from, name)?;
         match target.xattr_set(to, name, &value, 0) {
             // Namespaces this process may not write (trusted.*, …).
@@ -474,7 +476,7 @@ impl Layers {
             if !is_dir(&lower) {
                 return Err(io::Error::from(Errno::NOTDIR));
             }
-            self.upper.mkdir(&path, lower.st_mode & 0o7777)?;
+            self.upper.mkdir(&path, carried_perm(lower.st_mode))?;
             self.copy_times(&path, &lower)?;
         }
         Ok(())
@@ -504,7 +506,7 @@ impl Layers {
         let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
         match kind {
             rustix::fs::FileType::Directory => {
-                self.upper.mkdir(path, stat.st_mode & 0o7777)?;
+                self.upper.mkdir(path, carried_perm(stat.st_mode))?;
                 self.copy_xattrs(path)?;
                 self.copy_times(path, &stat)?;
             }
@@ -518,7 +520,7 @@ impl Layers {
             rustix::fs::FileType::RegularFile => {
                 let temp = self.temp_name();
                 self.copy_from_lower(path, &temp)?;
-                self.tmp.chmod(&temp, stat.st_mode & 0o7777)?;
+                self.tmp.chmod(&temp, carried_perm(stat.st_mode))?;
                 self.upper.rename_from(&self.tmp, &temp, path, true)?;
                 self.copy_xattrs(path)?;
                 self.copy_times(path, &stat)?;
@@ -613,7 +615,7 @@ impl Layers {
         let temp = self.temp_name();
         let copied = (|| {
             self.copy_from_lower(path, &temp)?;
-            self.tmp.chmod(&temp, stat.st_mode & 0o7777)?;
+            self.tmp.chmod(&temp, carried_perm(stat.st_mode))?;
             self.gate
                 .call(|| copy_xattrs(&self.lower, path, &self.tmp, &temp))?;
             copy_times(&self.tmp, &temp, stat)

@@ -285,6 +285,10 @@ pub fn mount(
         MountOption::FSName("unionsync".into()),
         MountOption::Subtype("unionsync".into()),
         MountOption::DefaultPermissions,
+        // The daemon runs as root and the view holds what any user of
+        // either host wrote: nothing in it may raise privileges.
+        MountOption::NoSuid,
+        MountOption::NoDev,
     ];
     // Twice as many threads as may wait on the lower (see `gate`): requests
     // stuck on a hung lower never stall work on the upper.
