@@ -92,8 +92,8 @@ pub enum Mutation {
     Symlink(RelPath, Vec<u8>),
     /// Move a file or directory tree, replacing what is at the destination.
     Rename(RelPath, RelPath),
-    /// A write, chmod or rename of a lower path that the union journaled
-    /// but whose copy-up failed (the lower mount is down, the upper full):
+    /// A write, chmod or rename of a path only the lower shows that the
+    /// union journaled but whose copy-up failed (the lower mount is down, the upper full):
     /// the user got an error and nothing changed. (No-op in the project.)
     FailedCopyUp(RelPath),
 }
@@ -367,8 +367,12 @@ impl ComputeUnion {
 
     pub fn mutate(&mut self, lower: &Tree, mutation: &Mutation) {
         if let Mutation::FailedCopyUp(path) = mutation {
-            // Journaled before the copy-up, as the FUSE handlers do.
-            self.note(lower, path);
+            // Only a path the lower shows needs a copy-up (one in the upper
+            // is changed in place); it is journaled before the copy-up, as
+            // the FUSE handlers do.
+            if matches!(self.get(lower, path), Some((_, false))) {
+                self.note(lower, path);
+            }
             return;
         }
         mutate(&mut ComputeFs { union: self, lower }, mutation);

@@ -231,6 +231,9 @@ impl<St: ComputeStore> Agent<St> {
             };
             let keepalive = alive.deadline();
             tokio::select! {
+                // In order, not at random: tokio's draw for an unbiased select is
+                // thread-wide state, so the simulation would not replay a seed.
+                biased;
                 frame = transport::recv_alive(ws, &mut alive) => match frame {
                     Ok(Some(message)) => {
                         welcomed |= matches!(message, Message::Welcome { .. });

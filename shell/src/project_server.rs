@@ -434,6 +434,9 @@ where
         let unauthenticated = (!session.is_authenticated()).then_some(authenticate_by);
         let keepalive = alive.deadline();
         tokio::select! {
+            // In order, not at random: tokio's draw for an unbiased select is
+            // thread-wide state, so the simulation would not replay a seed.
+            biased;
             frame = transport::recv_alive(&mut ws, &mut alive) => match frame.and_then(|m| m.map(|m| inbound.accept(m)).transpose()) {
                 Ok(Some(messages)) => {
                     for message in messages {
