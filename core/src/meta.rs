@@ -138,6 +138,25 @@ impl Meta {
     /// their own); a symlink by its target; a file by mode, size, or content
     /// (a differing hash, the mtime or the ctime).
     pub fn changed_since(&self, earlier: &Meta) -> bool {
+        self.changed(earlier, |now, then| {
+            now.mtime_ns != then.mtime_ns || now.ctime_ns != then.ctime_ns
+        })
+    }
+
+    /// Did the project's own observation `self` change since `seen`, its
+    /// view through a network mount (sshfs, NFS)? Such a mount reports
+    /// whole-second mtimes and a made-up ctime, so this compares kind,
+    /// mode, size, symlink target, a hash where both have one, and the mtime
+    /// at whole seconds; [`Meta::changed_since`] would call every file
+    /// changed.
+    pub fn changed_since_mount_view(&self, seen: &Meta) -> bool {
+        let secs = |ns: i64| ns.div_euclid(1_000_000_000);
+        self.changed(seen, |now, then| secs(now.mtime_ns) != secs(then.mtime_ns))
+    }
+
+    /// The change rule of both, with `times_differ` telling whether a file's
+    /// timestamps moved at the precision the observations have.
+    fn changed(&self, earlier: &Meta, times_differ: impl Fn(&Meta, &Meta) -> bool) -> bool {
         if self.kind != earlier.kind {
             return true;
         }
@@ -153,32 +172,7 @@ impl Meta {
                 // file another side may have decided about.
                 let content_differs =
                     matches!((self.hash, earlier.hash), (Some(a), Some(b)) if a != b);
-                content_differs
-                    || self.mtime_ns != earlier.mtime_ns
-                    || self.ctime_ns != earlier.ctime_ns
-            }
-        }
-    }
-
-    /// Did the project's own observation `self` change since `seen`, its
-    /// view through a network mount (sshfs, NFS)? Such a mount reports
-    /// whole-second mtimes and a made-up ctime, so this compares kind,
-    /// mode, size, symlink target, a hash where both have one, and the mtime
-    /// at whole seconds; [`Meta::changed_since`] would call every file
-    /// changed.
-    pub fn changed_since_mount_view(&self, seen: &Meta) -> bool {
-        if self.kind != seen.kind {
-            return true;
-        }
-        match self.kind {
-            Kind::Dir => self.perm() != seen.perm(),
-            Kind::Symlink { .. } => false,
-            Kind::File => {
-                let secs = |ns: i64| ns.div_euclid(1_000_000_000);
-                self.perm() != seen.perm()
-                    || self.size != seen.size
-                    || matches!((self.hash, seen.hash), (Some(a), Some(b)) if a != b)
-                    || secs(self.mtime_ns) != secs(seen.mtime_ns)
+                content_differs || times_differ(self, earlier)
             }
         }
     }

@@ -11,8 +11,9 @@ use std::fmt;
 use libfuzzer_sys::arbitrary::{Arbitrary, Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use unionsync_core::model::{
-    check_confinement, check_convergence, check_idempotent, check_nothing_lost,
-    check_project_wins, Actor, Mutation, World,
+    check_confinement, check_conflicts_where_project_changed, check_convergence,
+    check_idempotent, check_losses_caused_by_users, check_nothing_lost, check_project_wins, Actor,
+    Mutation, World,
 };
 use unionsync_core::RelPath;
 
@@ -61,6 +62,7 @@ fn rust_mutation(m: &Mutation) -> String {
         Mutation::Rename(from, to) => {
             format!("Mutation::Rename(p(b\"{from}\"), p(b\"{to}\"))")
         }
+        Mutation::FailedCopyUp(path) => format!("Mutation::FailedCopyUp(p(b\"{path}\"))"),
     }
 }
 
@@ -80,8 +82,8 @@ fn path(u: &mut Unstructured<'_>) -> Result<RelPath> {
 
 fn mutation(u: &mut Unstructured<'_>) -> Result<Mutation> {
     // Weights as in core/tests/properties.rs: write 4, mkdir 2, remove 2,
-    // chmod 1, symlink 1, rename 1.
-    Ok(match u.int_in_range(0..=10)? {
+    // chmod 1, symlink 1, failed copy-up 1, rename 1.
+    Ok(match u.int_in_range(0..=11)? {
         0..=3 => {
             let len = u.int_in_range(0..=2)?;
             let mut content = Vec::with_capacity(len);
@@ -94,6 +96,7 @@ fn mutation(u: &mut Unstructured<'_>) -> Result<Mutation> {
         6 | 7 => Mutation::Remove(path(u)?),
         8 => Mutation::Chmod(path(u)?, *u.choose(&MODES)?),
         9 => Mutation::Symlink(path(u)?, u.choose(&TARGETS)?.to_vec()),
+        10 => Mutation::FailedCopyUp(path(u)?),
         _ => Mutation::Rename(path(u)?, path(u)?),
     })
 }
@@ -145,6 +148,14 @@ fn run(s: &Scenario) {
             ("nothing lost", check_nothing_lost(&record, &world)),
             ("idempotence", check_idempotent(&world)),
             ("confinement", check_confinement(&record, &sync_set)),
+            (
+                "losses by users only",
+                check_losses_caused_by_users(&world.project, [&world.compute]),
+            ),
+            (
+                "conflicts where the project changed",
+                check_conflicts_where_project_changed(&world.project),
+            ),
         ];
         for (name, result) in checks {
             if let Err(e) = result {

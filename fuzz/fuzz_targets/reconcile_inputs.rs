@@ -61,9 +61,11 @@ impl fmt::Debug for Case {
                 )?,
             }
             writeln!(f, "    seen: {},", rust_option(input.seen.as_ref()))?;
+            writeln!(f, "    seen_via_mount: {},", input.seen_via_mount)?;
             match &input.compute {
                 None => writeln!(f, "    compute: None,")?,
                 Some(Reported::Deleted) => writeln!(f, "    compute: Some(Reported::Deleted),")?,
+                Some(Reported::Lower) => writeln!(f, "    compute: Some(Reported::Lower),")?,
                 Some(Reported::Present(m)) => {
                     writeln!(f, "    compute: Some(Reported::Present({})),", rust_meta(m))?
                 }
@@ -225,9 +227,10 @@ fn path_input(u: &mut Unstructured<'_>, dir_bias: bool) -> Result<PathInput> {
         (Some(_), 0) => Some(meta(u, dir_bias)?),
         _ => None,
     };
-    let compute = match u.int_in_range(0..=5)? {
+    let compute = match u.int_in_range(0..=6)? {
         0 => None,
         1 => Some(Reported::Deleted),
+        6 => Some(Reported::Lower),
         2 if project.is_some() => Some(Reported::Present(restamp(u, project.as_ref().unwrap())?)),
         _ => {
             let anchor = base.as_ref().map(|b| &b.compute).or(seen.as_ref());
@@ -236,6 +239,7 @@ fn path_input(u: &mut Unstructured<'_>, dir_bias: bool) -> Result<PathInput> {
     };
     Ok(PathInput {
         base,
+        seen_via_mount: seen.is_some() && u.arbitrary()?,
         seen,
         compute,
         project,
@@ -271,8 +275,8 @@ fn union_of(inputs: &Inputs) -> Union {
         let state = match &input.compute {
             Some(Reported::Present(m)) => Some(m.clone()),
             Some(Reported::Deleted) => None,
-            None if parent_hides => None,
-            None => input.project.clone(),
+            Some(Reported::Lower) | None if parent_hides => None,
+            Some(Reported::Lower) | None => input.project.clone(),
         };
         visible.insert(path.clone(), state);
     }

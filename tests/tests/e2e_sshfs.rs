@@ -139,19 +139,23 @@ impl Rig {
         loop {
             let mount = view(&self.m.mount);
             let home = view(&self.scene.home);
-            if mount == home {
+            // Both views agree, and so does `diff -r` right after (a late
+            // index delta may still change the mount between the two).
+            let disagreement = match mount == home {
+                true => diff_r(&self.m.mount, &self.scene.home).err(),
+                false => Some(difference(&mount, &home)),
+            };
+            let Some(disagreement) = disagreement else {
                 break;
-            }
+            };
             if started.elapsed() > timeout {
                 panic!(
-                    "the mount and the home did not converge within {timeout:?}:\n{}",
-                    difference(&mount, &home)
+                    "the mount and the home did not converge within {timeout:?}:\n{disagreement}"
                 );
             }
             std::thread::sleep(Duration::from_millis(300));
         }
         eprintln!("converged after {:?}", started.elapsed());
-        diff_r(&self.m.mount, &self.scene.home);
     }
 }
 
@@ -210,22 +214,24 @@ fn difference(mount: &BTreeMap<Vec<u8>, Entry>, home: &BTreeMap<Vec<u8>, Entry>)
 
 /// `diff -r` (symlinks compared as symlinks) finds nothing between the
 /// mount and the home, local-only paths and `.unionsync` aside.
-fn diff_r(mount: &Path, home: &Path) {
+fn diff_r(mount: &Path, home: &Path) -> Result<(), String> {
     let mut diff = Command::new("diff");
     diff.args(["-r", "--no-dereference", "-x", ".unionsync"]);
     for top in LOCAL_ONLY {
         diff.args(["-x", top]);
     }
     let out = diff.arg(mount).arg(home).output().expect("running diff");
-    assert!(
-        out.status.success(),
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "diff -r {} {} ({}):\n{}{}",
         mount.display(),
         home.display(),
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    ))
 }
 
 fn write(path: &Path, data: &[u8]) {
