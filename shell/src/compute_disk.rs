@@ -462,6 +462,16 @@ impl ComputeStore for DiskComputeStore {
                 tracing::info!(%path, "synced entry missing from the upper without a whiteout: no change");
             }
             let seen = self.seen(&path, journaled.get(&path), &mut fresh)?;
+            if let Some(mount) = &self.mount {
+                // From now on the journal alone says what to sync: what the
+                // scan found must be in it, or a step of it that this sync
+                // defers is never reported again. As a sync's own note, the
+                // commit that covers it clears it.
+                let mut journal = mount.journal.lock();
+                if !journal.contains(&path) {
+                    journal.note(&path, true, || seen.clone());
+                }
+            }
             changes.push(self.change(path.clone(), state.clone(), seen));
             self.pending.insert(path, state);
         }

@@ -58,7 +58,9 @@ use unionsync_tests::test_lower::{Behaviour, TestLower};
 use unionsync_tests::{binary, detach, fuse_available, tree, Daemon, Entry, MountDirs, Scene};
 
 /// The seeds `cargo test` runs; each has its failing-lower episode.
-const SUITE_SEEDS: &[u64] = &[1, 2, 3, 4, 1003, 1005, 1014, 1021];
+/// (2011: a step the recovery scan found and the sync deferred was never
+/// reported again after a kill -9 restart.)
+const SUITE_SEEDS: &[u64] = &[1, 2, 3, 4, 1003, 1005, 1014, 1021, 2011];
 /// Steps per case.
 const STEPS: usize = 40;
 /// How long an operation may take before the mount counts as frozen.
