@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{ContentHash, Meta};
+use crate::parts::{Inbox, Outbox, PartsError};
 use crate::path::RelPath;
 use crate::plan::ComputeOp;
 use crate::schedule::{Schedule, Timing};
@@ -157,6 +158,8 @@ pub enum SessionError {
     WrongSync { got: u64, expected: u64 },
     #[error("no progress for {0:?}")]
     Timeout(Duration),
+    #[error("project sent a broken message: {0}")]
+    Parts(PartsError),
 }
 
 /// One sync in flight.
@@ -187,12 +190,12 @@ pub struct ComputeSession {
     last_error: Option<String>,
     files_total: u64,
     io: VecDeque<ComputeIo>,
-    transmit: VecDeque<Message>,
+    transmit: Outbox,
+    /// Joins the parts of big messages.
+    inbox: Inbox,
     events: VecDeque<ComputeEvent>,
     /// Set when the session wants the agent to close the connection.
     close: Option<SessionError>,
-    /// Parts of an index snapshot until its last part arrives.
-    index_parts: Option<Vec<(RelPath, Meta)>>,
     /// `copy_in`s sent and not answered yet.
     copies_pending: BTreeSet<u64>,
     next_copy: u64,
@@ -214,10 +217,10 @@ impl ComputeSession {
             last_error: None,
             files_total: 0,
             io: VecDeque::new(),
-            transmit: VecDeque::new(),
+            transmit: Outbox::default(),
+            inbox: Inbox::default(),
             events: VecDeque::new(),
             close: None,
-            index_parts: None,
             copies_pending: BTreeSet::new(),
             next_copy: 0,
         }
@@ -228,6 +231,7 @@ impl ComputeSession {
         self.last_progress = now;
         self.close = None;
         self.transmit.clear();
+        self.inbox.clear();
         self.transmit.push_back(Message::Hello {
             version: PROTOCOL_VERSION,
             compute_id: self.config.compute_id,
@@ -293,7 +297,7 @@ impl ComputeSession {
         self.phase = Phase::Disconnected;
         self.io.clear();
         self.transmit.clear();
-        self.index_parts = None;
+        self.inbox.clear();
     }
 
     pub fn sync_now(&mut self, now: Instant) {
@@ -381,17 +385,20 @@ impl ComputeSession {
     }
 
     pub fn handle_message(&mut self, now: Instant, message: Message) -> Result<(), SessionError> {
+        let message = match self.inbox.accept(message) {
+            Ok(Some(whole)) => whole,
+            Ok(None) => {
+                self.last_progress = now;
+                return Ok(());
+            }
+            Err(error) => return Err(self.refuse(now, SessionError::Parts(error))),
+        };
         // Index news comes whenever the project sees a change: it says
         // nothing about a sync's progress.
         match message {
-            Message::IndexSnapshot { entries, more } if self.phase != Phase::Handshake => {
-                let parts = self.index_parts.get_or_insert_with(Vec::new);
-                parts.extend(entries);
-                if !more {
-                    let whole = self.index_parts.take().unwrap_or_default();
-                    self.io
-                        .push_back(ComputeIo::UpdateIndex(IndexUpdate::Snapshot(whole)));
-                }
+            Message::IndexSnapshot { entries, .. } if self.phase != Phase::Handshake => {
+                self.io
+                    .push_back(ComputeIo::UpdateIndex(IndexUpdate::Snapshot(entries)));
                 return Ok(());
             }
             Message::IndexDelta { changes } if self.phase != Phase::Handshake => {
@@ -410,24 +417,27 @@ impl ComputeSession {
             _ => {}
         }
         self.last_progress = now;
-        let result = self.dispatch(now, message);
-        if let Err(error) = &result {
-            // Refusals (a wrong token, say) and protocol errors count as
-            // failed syncs, so a broken setup pauses instead of looping.
-            // But for a busy id: the project may still hold this server's
-            // own previous connection (half-open) until it times out, so
-            // reconnecting must not end in a pause.
-            let busy_id = matches!(
-                error,
-                SessionError::Refused {
-                    code: ErrorCode::ComputeIdInUse,
-                    ..
-                }
-            );
-            self.fail(now, error.to_string(), !busy_id);
-            self.close = Some(error.clone());
-        }
-        result
+        self.dispatch(now, message)
+            .map_err(|error| self.refuse(now, error))
+    }
+
+    /// Ends the sync and the connection over `error` from the peer.
+    fn refuse(&mut self, now: Instant, error: SessionError) -> SessionError {
+        // Refusals (a wrong token, say) and protocol errors count as failed
+        // syncs, so a broken setup pauses instead of looping. But for a busy
+        // id: the project may still hold this server's own previous
+        // connection (half-open) until it times out, so reconnecting must
+        // not end in a pause.
+        let busy_id = matches!(
+            error,
+            SessionError::Refused {
+                code: ErrorCode::ComputeIdInUse,
+                ..
+            }
+        );
+        self.fail(now, error.to_string(), !busy_id);
+        self.close = Some(error.clone());
+        error
     }
 
     fn dispatch(&mut self, now: Instant, message: Message) -> Result<(), SessionError> {
@@ -437,7 +447,7 @@ impl ComputeSession {
                 self.phase = Phase::Idle;
                 self.maybe_start(now);
             }
-            Message::HashRequest { sync, paths } if self.phase == Phase::Planning => {
+            Message::HashRequest { sync, paths, .. } if self.phase == Phase::Planning => {
                 self.check_sync(sync)?;
                 self.phase = Phase::Hashing;
                 self.io.push_back(ComputeIo::Hash { paths });
@@ -447,6 +457,7 @@ impl ComputeSession {
                 ops,
                 want,
                 conflicts,
+                ..
             } if self.phase == Phase::Planning => {
                 self.check_sync(sync)?;
                 let flight = self.flight_mut();
@@ -477,7 +488,7 @@ impl ComputeSession {
             Message::DataDone { sync } if self.phase == Phase::Receiving => {
                 self.check_sync(sync)?;
             }
-            Message::ProjectApplied { sync, deferred } if self.phase == Phase::Receiving => {
+            Message::ProjectApplied { sync, deferred, .. } if self.phase == Phase::Receiving => {
                 self.check_sync(sync)?;
                 let flight = self.flight_mut();
                 // A path the project could not settle (its conflict loser not
@@ -534,6 +545,7 @@ impl ComputeSession {
             epoch: self.epoch,
             full: self.full,
             changes,
+            more: false,
         });
         self.phase = Phase::Planning;
     }
@@ -550,6 +562,7 @@ impl ComputeSession {
         self.transmit.push_back(Message::Hashes {
             sync: flight.sync,
             hashes,
+            more: false,
         });
         self.phase = Phase::Planning;
     }
@@ -595,6 +608,7 @@ impl ComputeSession {
             sync: flight.sync,
             deferred,
             upper,
+            more: false,
         });
         self.phase = Phase::Committing;
     }
@@ -720,83 +734,5 @@ pub(crate) fn message_name(message: &Message) -> &'static str {
         Message::CopyIn { .. } => "CopyIn",
         Message::CopyInDone { .. } => "CopyInDone",
         Message::Error { .. } => "Error",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn session(now: Instant) -> ComputeSession {
-        let config = ComputeConfig {
-            compute_id: 1,
-            token: b"t".to_vec(),
-            timing: Timing::default(),
-            step_timeout: Duration::from_secs(30),
-        };
-        ComputeSession::new(config, 0, now)
-    }
-
-    /// Connects, gets refused with `code`, disconnects.
-    fn refused(session: &mut ComputeSession, now: Instant, code: ErrorCode, message: &str) {
-        session.handle_connected(now);
-        let refusal = Message::Error {
-            code,
-            message: message.into(),
-        };
-        assert!(session.handle_message(now, refusal).is_err());
-        assert!(session.poll_close().is_some());
-        session.handle_disconnected(now, "refused");
-    }
-
-    #[test]
-    fn a_busy_compute_id_shows_in_status_and_never_pauses_syncing() {
-        let now = Instant::now();
-        let mut s = session(now);
-        let why = "compute id 1 is already connected: give each compute server its own --id";
-        for _ in 0..5 {
-            refused(&mut s, now, ErrorCode::ComputeIdInUse, why);
-        }
-        let status = s.status(now);
-        assert!(!status.paused);
-        assert_eq!(status.failures_in_a_row, 0);
-        let shown = status.last_error.expect("the refusal is shown");
-        assert!(shown.contains(why), "{shown}");
-
-        // A wrong token, by contrast, is a broken setup: it pauses.
-        for _ in 0..3 {
-            refused(&mut s, now, ErrorCode::BadToken, "wrong token");
-        }
-        assert!(s.status(now).paused);
-    }
-
-    #[test]
-    fn counts_of_what_the_peer_sent_saturate_instead_of_wrapping() {
-        let now = Instant::now();
-        let mut s = session(now);
-        s.phase = Phase::Receiving;
-        s.flight = Some(InFlight {
-            sync: 1,
-            report: SyncReport {
-                files_sent: 1,
-                files_received: u64::MAX,
-                bytes_received: u64::MAX - 1,
-                ..SyncReport::default()
-            },
-            ..InFlight::default()
-        });
-        let data = Message::FileData {
-            sync: 1,
-            path: RelPath::new("f").unwrap(),
-            data: vec![0; 8],
-            last: true,
-        };
-        s.handle_message(now, data).unwrap();
-        let report = &s.flight.as_ref().unwrap().report;
-        assert_eq!(
-            (report.files_received, report.bytes_received),
-            (u64::MAX, u64::MAX)
-        );
-        assert_eq!(s.status(now).files_done, u64::MAX);
     }
 }

@@ -41,6 +41,7 @@ pub mod compute_session;
 pub mod meta;
 #[cfg(feature = "model")]
 pub mod model;
+pub mod parts;
 pub mod path;
 pub mod plan;
 pub mod project_session;
@@ -63,7 +64,4 @@ pub use reconcile::{
     PathInput, Reported, Resolution, Side,
 };
 pub use schedule::{Schedule, Timing};
-pub use wire::{
-    index_chunks, meta_extra, Change, ErrorCode, Message, RemoteEntry, RemoteOp, WireError,
-    PROTOCOL_VERSION,
-};
+pub use wire::{Change, ErrorCode, Message, RemoteEntry, RemoteOp, WireError, PROTOCOL_VERSION};

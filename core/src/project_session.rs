@@ -30,14 +30,13 @@ use std::time::{Duration, Instant};
 
 use crate::compute_session::message_name;
 use crate::meta::{same_state, ContentHash, Kind, Meta, Sameness};
+use crate::parts::{Inbox, Outbox, PartsError};
 use crate::path::RelPath;
 use crate::plan::{reconcile, ComputeOp, Plan, ProjectOp};
 use crate::reconcile::{
     needs_hashes, needs_project_subtree, BaseEntry, ComputeView, Inputs, PathInput, Reported,
 };
-use crate::wire::{
-    index_chunks, meta_extra, Change, ErrorCode, Message, RemoteEntry, RemoteOp, PROTOCOL_VERSION,
-};
+use crate::wire::{Change, ErrorCode, Message, RemoteEntry, RemoteOp, PROTOCOL_VERSION};
 
 #[derive(Clone, Debug)]
 pub struct ProjectConfig {
@@ -157,6 +156,8 @@ pub enum ProjectError {
     Overflow { what: &'static str },
     #[error("storage: {0}")]
     Storage(String),
+    #[error("compute server sent a broken message: {0}")]
+    Parts(PartsError),
 }
 
 impl ProjectError {
@@ -239,7 +240,10 @@ pub struct ProjectSession {
     last_sync: u64,
     last_progress: Instant,
     io: VecDeque<ProjectIo>,
-    transmit: VecDeque<Message>,
+    transmit: Outbox,
+    /// Joins the parts of big messages (once the peer is authenticated:
+    /// nobody else may make this side hold anything).
+    inbox: Inbox,
     events: VecDeque<ProjectEvent>,
     close: Option<ProjectError>,
     /// Remote operations asked and not answered yet.
@@ -262,7 +266,8 @@ impl ProjectSession {
             last_sync: 0,
             last_progress: now,
             io: VecDeque::new(),
-            transmit: VecDeque::new(),
+            transmit: Outbox::default(),
+            inbox: Inbox::default(),
             events: VecDeque::new(),
             close: None,
             remote_pending: BTreeSet::new(),
@@ -322,6 +327,22 @@ impl ProjectSession {
     }
 
     pub fn handle_message(&mut self, now: Instant, message: Message) -> Result<(), ProjectError> {
+        let message = if self.authenticated {
+            match self.inbox.accept(message) {
+                Ok(Some(whole)) => whole,
+                Ok(None) => {
+                    self.last_progress = now;
+                    return Ok(());
+                }
+                Err(error) => {
+                    let error = ProjectError::Parts(error);
+                    self.abort(error.clone());
+                    return Err(error);
+                }
+            }
+        } else {
+            message
+        };
         // Answers to remote operations come whenever the compute server is
         // done with them: no sync step.
         if let Message::CopyIn {
@@ -430,6 +451,7 @@ impl ProjectSession {
                     epoch: _,
                     full,
                     changes,
+                    ..
                 },
             ) => {
                 if sync <= self.last_sync {
@@ -467,7 +489,7 @@ impl ProjectSession {
                 });
                 State::Stating(flight)
             }
-            (State::Hashing(mut flight), Message::Hashes { sync, hashes })
+            (State::Hashing(mut flight), Message::Hashes { sync, hashes, .. })
                 if flight.awaiting_compute_hashes =>
             {
                 check_sync("Hashes", sync, flight.sync)?;
@@ -520,6 +542,7 @@ impl ProjectSession {
                     sync,
                     deferred,
                     upper,
+                    ..
                 },
             ) => {
                 check_sync("ComputeApplied", sync, flight.sync)?;
@@ -608,12 +631,9 @@ impl ProjectSession {
         if !self.welcomed() {
             return;
         }
-        let mut parts = index_chunks(entries, meta_extra).into_iter().peekable();
-        while let Some(entries) = parts.next() {
-            let more = parts.peek().is_some();
-            self.transmit
-                .push_back(Message::IndexSnapshot { entries, more });
-        }
+        let more = false;
+        self.transmit
+            .push_back(Message::IndexSnapshot { entries, more });
     }
 
     /// Paths the watcher saw change (`None`: gone). Before Welcome they are
@@ -622,10 +642,7 @@ impl ProjectSession {
         if !self.config.lower_index || !self.welcomed() || changes.is_empty() {
             return;
         }
-        let extra = |meta: &Option<Meta>| meta.as_ref().map_or(0, meta_extra);
-        for changes in index_chunks(changes, extra) {
-            self.transmit.push_back(Message::IndexDelta { changes });
-        }
+        self.transmit.push_back(Message::IndexDelta { changes });
     }
 
     /// The outcome of a [`ProjectIo::CopyIn`] (`Ok` only for the last
@@ -773,6 +790,7 @@ impl ProjectSession {
         self.transmit.push_back(Message::ProjectApplied {
             sync: flight.sync,
             deferred: flight.deferred.iter().cloned().collect(),
+            more: false,
         });
         self.state = State::AwaitApplied(flight);
     }
@@ -847,6 +865,7 @@ impl ProjectSession {
         self.transmit.push_back(Message::HashRequest {
             sync: flight.sync,
             paths: hash_paths.clone(),
+            more: false,
         });
         self.io.push_back(ProjectIo::Hash { paths: hash_paths });
         State::Hashing(flight)
@@ -881,6 +900,7 @@ impl ProjectSession {
             ops: plan.compute_ops.clone(),
             want,
             conflicts: plan.conflicts().cloned().collect(),
+            more: false,
         });
         flight.plan = plan;
         Ok(State::Receiving(flight))
@@ -960,161 +980,4 @@ fn check_sync(what: &'static str, got: u64, expected: u64) -> Result<(), Project
 /// Token comparison whose time does not depend on where the bytes differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn session() -> (ProjectSession, Instant) {
-        let now = Instant::now();
-        let config = ProjectConfig {
-            token: b"t".to_vec(),
-            step_timeout: Duration::from_secs(30),
-            lower_index: false,
-        };
-        (ProjectSession::new(config, now), now)
-    }
-
-    /// Hello from compute 3 with `epoch`; the session asks for the base.
-    fn hello(s: &mut ProjectSession, now: Instant, epoch: u64) {
-        let hello = Message::Hello {
-            version: PROTOCOL_VERSION,
-            compute_id: 3,
-            token: b"t".to_vec(),
-            epoch,
-        };
-        s.handle_message(now, hello).unwrap();
-        assert!(s.is_authenticated());
-        assert_eq!(s.poll_io(), Some(ProjectIo::LoadBase { compute_id: 3 }));
-    }
-
-    fn sent(s: &mut ProjectSession) -> Vec<Message> {
-        std::iter::from_fn(|| s.poll_transmit()).collect()
-    }
-
-    /// The session's last word was an `Error`, and it wants to close.
-    fn refusal(s: &mut ProjectSession) -> (ErrorCode, String) {
-        let close = s.poll_close();
-        match sent(s).pop() {
-            Some(Message::Error { code, message }) if close.is_some() => (code, message),
-            other => panic!("expected a refusal, got {other:?} (close: {close:?})"),
-        }
-    }
-
-    #[test]
-    fn a_wrong_token_never_counts_as_authenticated() {
-        let (mut s, now) = session();
-        let hello = Message::Hello {
-            version: PROTOCOL_VERSION,
-            compute_id: 3,
-            token: b"guess".to_vec(),
-            epoch: 0,
-        };
-        assert!(s.handle_message(now, hello).is_err());
-        assert!(!s.is_authenticated());
-    }
-
-    #[test]
-    fn a_second_connection_with_a_live_compute_id_is_refused_naming_the_id() {
-        let (mut s, now) = session();
-        hello(&mut s, now, 0);
-        s.handle_id_in_use();
-        let (code, message) = refusal(&mut s);
-        assert_eq!(code, ErrorCode::ComputeIdInUse);
-        assert!(message.contains("compute id 3"), "{message}");
-        assert_eq!(s.poll_io(), None, "no base is loaded");
-    }
-
-    #[test]
-    fn a_hello_with_the_last_epoch_is_refused_instead_of_overflowing() {
-        for (compute_epoch, base_epoch) in [(u64::MAX, 0), (u64::MAX, 7), (u64::MAX - 1, u64::MAX)]
-        {
-            let (mut s, now) = session();
-            hello(&mut s, now, compute_epoch);
-            s.handle_base(now, base_epoch, BTreeMap::new());
-            let (code, message) = refusal(&mut s);
-            assert_eq!(code, ErrorCode::Protocol);
-            assert!(message.contains("epoch"), "{message}");
-        }
-    }
-
-    #[test]
-    fn a_sync_number_at_the_end_of_the_range_is_refused_without_overflowing() {
-        let (mut s, now) = session();
-        hello(&mut s, now, 0);
-        s.handle_base(now, 0, BTreeMap::new());
-        assert!(matches!(
-            sent(&mut s)[..],
-            [Message::Welcome { full: true, .. }]
-        ));
-        let changes = || Message::Changes {
-            sync: u64::MAX,
-            epoch: 0,
-            full: true,
-            changes: Vec::new(),
-        };
-        // One empty sync numbered u64::MAX, to its end.
-        s.handle_message(now, changes()).unwrap();
-        assert!(matches!(s.poll_io(), Some(ProjectIo::Stat { .. })));
-        s.handle_stats(now, Vec::new());
-        s.handle_message(now, Message::DataDone { sync: u64::MAX })
-            .unwrap();
-        assert!(matches!(s.poll_io(), Some(ProjectIo::Apply { .. })));
-        s.handle_applied(now, Vec::new(), Vec::new());
-        assert!(matches!(s.poll_io(), Some(ProjectIo::SendFiles { .. })));
-        s.handle_files_sent(now, Vec::new());
-        let applied = Message::ComputeApplied {
-            sync: u64::MAX,
-            deferred: Vec::new(),
-            upper: Vec::new(),
-        };
-        s.handle_message(now, applied).unwrap();
-        assert!(matches!(
-            s.poll_io(),
-            Some(ProjectIo::CommitBase { epoch: 1, .. })
-        ));
-        s.handle_base_committed(now);
-        let ack = Message::CommitAck {
-            sync: u64::MAX,
-            epoch: 1,
-        };
-        s.handle_message(now, ack).unwrap();
-        sent(&mut s);
-        // No later sync number exists: a protocol error, not a panic.
-        assert!(s.handle_message(now, changes()).is_err());
-        let (code, message) = refusal(&mut s);
-        assert_eq!(code, ErrorCode::Protocol);
-        assert!(message.contains(&u64::MAX.to_string()), "{message}");
-    }
-
-    #[test]
-    fn a_copy_into_the_reserved_directory_is_refused_and_never_reaches_the_store() {
-        let (mut s, now) = session();
-        hello(&mut s, now, 0);
-        s.handle_base(now, 0, BTreeMap::new());
-        sent(&mut s);
-        let path = RelPath::new(".unionsync/bases/2").unwrap();
-        for last in [false, true] {
-            let copy = Message::CopyIn {
-                id: 1,
-                path: path.clone(),
-                meta: Meta::file(0o644, 2, 1),
-                data: b"x".to_vec(),
-                last,
-            };
-            s.handle_message(now, copy).unwrap();
-        }
-        assert_eq!(s.poll_io(), None, "nothing is staged or written");
-        match &sent(&mut s)[..] {
-            [Message::CopyInDone {
-                id: 1,
-                result: Err(why),
-            }] => {
-                assert!(why.contains("reserved"), "{why}")
-            }
-            other => panic!("expected one refusal, got {other:?}"),
-        }
-        assert!(s.poll_close().is_none(), "the connection stays");
-    }
 }

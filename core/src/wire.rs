@@ -2,7 +2,8 @@
 //! codec.
 //!
 //! Every message is one websocket binary frame holding a postcard-encoded
-//! [`Message`]. A frame is checked against [`MAX_MESSAGE_LEN`] before it is
+//! [`Message`]; a message with long lists goes as several, its parts (see
+//! [`crate::parts`]). A frame is checked against [`MAX_MESSAGE_LEN`] before it is
 //! decoded, and decoding never panics: malformed input is a [`WireError`].
 //!
 //! One sync, as the two sessions drive it (project decides, compute obeys):
@@ -27,8 +28,8 @@
 //! back, at any time, between or during syncs.
 //!
 //! The project also pushes the lower metadata index at any time after
-//! Welcome, syncs or not: [`Message::IndexSnapshot`] parts (the whole home,
-//! cut by [`index_chunks`]) right after Welcome and again whenever its
+//! Welcome, syncs or not: [`Message::IndexSnapshot`] (the whole home) right
+//! after Welcome and again whenever its
 //! watcher lost events, and [`Message::IndexDelta`] when it sees a change.
 
 use serde::{Deserialize, Serialize};
@@ -39,7 +40,7 @@ use crate::plan::ComputeOp;
 use crate::reconcile::Reported;
 
 /// Bumped on any incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Largest frame accepted (file data comes in chunks far below this).
 pub const MAX_MESSAGE_LEN: usize = 16 << 20;
 /// Size of the file data chunks senders cut files into.
@@ -113,16 +114,20 @@ pub enum Message {
         epoch: u64,
         full: bool,
         changes: Vec<Change>,
+        /// More parts follow (see [`crate::parts`]); likewise below.
+        more: bool,
     },
     /// project → compute: content hashes needed to tell identical edits
     /// from conflicts.
     HashRequest {
         sync: u64,
         paths: Vec<RelPath>,
+        more: bool,
     },
     Hashes {
         sync: u64,
         hashes: Vec<(RelPath, Option<ContentHash>)>,
+        more: bool,
     },
     /// project → compute: the compute side's steps, and the files whose
     /// content the project needs (state as the plan saw it).
@@ -131,6 +136,7 @@ pub enum Message {
         ops: Vec<ComputeOp>,
         want: Vec<(RelPath, Meta)>,
         conflicts: Vec<RelPath>,
+        more: bool,
     },
     /// A piece of the sync's file stream: one lz4 frame of a tar archive
     /// (see the shell's `archive` module). The receiving shell turns the
@@ -161,6 +167,7 @@ pub enum Message {
     ProjectApplied {
         sync: u64,
         deferred: Vec<RelPath>,
+        more: bool,
     },
     /// compute → project: compute steps applied; these were deferred; the
     /// upper's state of every other decided path afterwards.
@@ -168,6 +175,7 @@ pub enum Message {
         sync: u64,
         deferred: Vec<RelPath>,
         upper: Vec<(RelPath, Option<Meta>)>,
+        more: bool,
     },
     /// project → compute: the new base is durable as `epoch`.
     Commit {
@@ -225,41 +233,6 @@ pub enum Message {
     },
 }
 
-/// Bytes of index entries per message: well under [`MAX_MESSAGE_LEN`]
-/// whatever the paths, so a big home becomes many frames, not a refused one.
-const INDEX_CHUNK_BYTES: usize = 4 << 20;
-
-/// Cuts index entries into parts that each encode well within
-/// [`MAX_MESSAGE_LEN`] (at least one part, possibly empty).
-pub fn index_chunks<T>(
-    entries: Vec<(RelPath, T)>,
-    extra: impl Fn(&T) -> usize,
-) -> Vec<Vec<(RelPath, T)>> {
-    // A generous bound of one entry's encoding besides its path and the
-    // variable part `extra` (a symlink's target).
-    const FIXED: usize = 64;
-    let mut chunks = vec![Vec::new()];
-    let mut bytes = 0;
-    for entry in entries {
-        let len = FIXED + entry.0.as_bytes().len() + extra(&entry.1);
-        if bytes + len > INDEX_CHUNK_BYTES && !chunks.last().is_none_or(Vec::is_empty) {
-            chunks.push(Vec::new());
-            bytes = 0;
-        }
-        bytes += len;
-        chunks.last_mut().expect("never empty").push(entry);
-    }
-    chunks
-}
-
-/// The variable part of one index entry's encoding (for [`index_chunks`]).
-pub fn meta_extra(meta: &Meta) -> usize {
-    match &meta.kind {
-        crate::meta::Kind::Symlink { target } => target.len(),
-        _ => 0,
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("message of {len} bytes exceeds the limit of {MAX_MESSAGE_LEN}")]
@@ -309,6 +282,7 @@ mod tests {
                 seen: Some(Meta::symlink("t", 9)),
                 seen_via_mount: true,
             }],
+            more: false,
         }
     }
 
@@ -362,33 +336,6 @@ mod tests {
             Err(WireError::TooLarge {
                 len: MAX_MESSAGE_LEN + 1
             })
-        );
-    }
-
-    #[test]
-    fn index_chunks_stay_under_the_frame_limit() {
-        let deep = vec!["d".repeat(200); 19].join("/");
-        let long = |i: usize| RelPath::new(format!("{deep}/{i}")).unwrap();
-        let entries: Vec<_> = (0..5000)
-            .map(|i| (long(i), Meta::file(0o644, 1, 1)))
-            .collect();
-        let chunks = index_chunks(entries.clone(), meta_extra);
-        assert!(chunks.len() > 1);
-        assert_eq!(chunks.concat(), entries);
-        for chunk in chunks {
-            let message = Message::IndexSnapshot {
-                entries: chunk,
-                more: true,
-            };
-            assert!(message.encode().is_ok());
-        }
-    }
-
-    #[test]
-    fn index_chunks_of_nothing_is_one_empty_part() {
-        assert_eq!(
-            index_chunks(Vec::<(RelPath, Meta)>::new(), meta_extra),
-            vec![Vec::new()]
         );
     }
 

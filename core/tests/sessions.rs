@@ -104,10 +104,11 @@ impl Pair {
             }
             while let Some(m) = self.compute.poll_transmit() {
                 busy = true;
-                let _ = self.project.handle_message(self.now, m);
+                let _ = self.project.handle_message(self.now, framed(m));
             }
             while let Some(m) = self.project.poll_transmit() {
                 busy = true;
+                let m = framed(m);
                 from_project.push(m.clone());
                 let _ = self.compute.handle_message(self.now, m);
             }
@@ -313,6 +314,12 @@ impl Pair {
 }
 
 /// A file as the `FileData` frames a sender cuts it into.
+/// `message` as the peer decodes it from its one frame.
+fn framed(message: Message) -> Message {
+    let frame = message.encode().expect("every message fits one frame");
+    Message::decode(&frame).expect("every frame decodes")
+}
+
 fn file_frames(sync: u64, path: &RelPath, data: &[u8]) -> Vec<Message> {
     let chunks: Vec<&[u8]> = if data.is_empty() {
         vec![&[][..]]
@@ -343,6 +350,22 @@ fn a_compute_write_reaches_the_project_and_both_sides_commit() {
         unionsync_core::model::Content::File(b"hello world".to_vec())
     );
     assert_eq!((pair.base.0, pair.compute_epoch), (1, 1));
+    check_union_matches(&pair.union, &pair.home).unwrap();
+    assert!(pair.union.journal.is_empty());
+}
+
+#[test]
+fn a_first_sync_of_300k_new_files_goes_in_frames_under_the_limit() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    for i in 0..300_000 {
+        let dir = format!("datasets/imagenet-train/d{:03}", i / 1000);
+        let path = p(&format!("{dir}/sample-{i:06}-augmented.jpeg"));
+        pair.compute_writes(Mutation::Write(path, Vec::new()));
+    }
+    pair.sync();
+    assert_eq!(pair.compute_epoch, 1, "the sync committed");
+    assert_eq!(pair.home.tree.len(), 300_000 + 300 + 2);
     check_union_matches(&pair.union, &pair.home).unwrap();
     assert!(pair.union.journal.is_empty());
 }

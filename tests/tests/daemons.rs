@@ -348,3 +348,25 @@ fn wss_to_an_untrusted_certificate_moves_nothing() {
     });
     assert!(tree(&scene.home).is_empty());
 }
+
+/// More changes than one 16 MiB frame holds (about 20 MiB of `Changes`,
+/// and as much of `ComputeApplied` and of the index) still make one sync:
+/// every list goes in parts. (Long symlink targets make big entries, so
+/// few paths are enough.)
+#[test]
+fn a_first_sync_of_more_paths_than_one_frame_holds_completes() {
+    let scene = Scene::new();
+    let c = scene.compute_dirs(1);
+    let target = "t/".repeat(2000);
+    for dir in 0..5 {
+        let dir = c.upper.join(format!("d{dir}"));
+        std::fs::create_dir(&dir).unwrap();
+        for link in 0..1000 {
+            symlink(&target, dir.join(format!("link{link:04}"))).unwrap();
+        }
+    }
+    let _project = scene.start_project();
+    let _compute = scene.start_compute(&c);
+    wait_converged(&scene, &c);
+    assert_eq!(tree(&scene.home).len(), 5 * 1001);
+}

@@ -225,6 +225,7 @@ async fn a_second_connection_with_a_live_compute_id_is_refused_naming_the_id() {
         epoch: 0,
         full,
         changes: Vec::new(),
+        more: false,
     };
     send(&mut first, &changes).await;
     assert!(matches!(
