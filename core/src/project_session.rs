@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::compute_session::message_name;
-use crate::meta::{same_state, ContentHash, Kind, Meta, Sameness};
+use crate::meta::{ContentHash, Kind, Meta};
 use crate::parts::{Inbox, Outbox, PartsError};
 use crate::path::RelPath;
 use crate::plan::{reconcile, ComputeOp, Plan, ProjectOp};
@@ -931,15 +931,7 @@ impl ProjectSession {
                 Some(after) => after.clone(),
                 None => input.project.clone(),
             };
-            // Both sides hold the same content after a clean sync. Where they
-            // do not (the project changed under a step that did not touch
-            // it), no base: the next sync decides by content, project wins.
-            let entry = match same_state(compute_after.as_ref(), project_after.as_ref()) {
-                Sameness::Different => None,
-                Sameness::Same | Sameness::Unknown => {
-                    BaseEntry::after_sync(compute_after, project_after)
-                }
-            };
+            let entry = BaseEntry::after_sync(compute_after, project_after);
             if entry.as_ref() != self.base.get(path) {
                 updates.push((path.clone(), entry));
             }

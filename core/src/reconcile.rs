@@ -42,11 +42,15 @@ impl BaseEntry {
     /// The base to record for a path once a sync applied all its steps:
     /// kept while the compute side holds a copy in its upper layer (and the
     /// project has it too), dropped otherwise (the union shows the lower).
+    /// Both sides hold the same content after a clean sync; where they do
+    /// not (the project changed under a step that did not touch it), no
+    /// base either: the next sync decides by content, project wins.
     pub fn after_sync(compute_upper: Option<Meta>, project: Option<Meta>) -> Option<BaseEntry> {
-        Some(BaseEntry {
-            compute: compute_upper?,
-            project: project?,
-        })
+        let (compute, project) = (compute_upper?, project?);
+        match same_state(Some(&compute), Some(&project)) {
+            Sameness::Different => None,
+            Sameness::Same | Sameness::Unknown => Some(BaseEntry { compute, project }),
+        }
     }
 }
 

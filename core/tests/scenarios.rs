@@ -875,3 +875,24 @@ fn a_project_edit_after_an_sshfs_observation_still_wins_a_conflict() {
     )]);
     assert_eq!(decision(&plan, "n.txt"), Decision::Conflict);
 }
+
+#[test]
+fn no_base_is_recorded_where_the_sides_hold_different_content_after_a_sync() {
+    let compute = file(0o644, 5, C1);
+    assert_eq!(
+        BaseEntry::after_sync(Some(compute.clone()), Some(file(0o644, 9, P1))),
+        None
+    );
+    assert_eq!(
+        BaseEntry::after_sync(Some(compute.clone()), Some(dir(0o755, P1))),
+        None
+    );
+    assert_eq!(
+        BaseEntry::after_sync(Some(compute.clone()), Some(file(0o644, 5, P1))),
+        Some(BaseEntry {
+            compute,
+            project: file(0o644, 5, P1)
+        }),
+        "same size and mode, unknown hashes: the sync made them equal"
+    );
+}
