@@ -62,6 +62,10 @@ pub struct SimOptions {
     pub faults: bool,
     /// Keep the readable trace (it is always hashed).
     pub trace: bool,
+    /// Large-tree mode: the project starts with this many more files, and
+    /// compute server 1 with as many new symlinks whose long targets make
+    /// every list of its first sync far bigger than one frame.
+    pub large: usize,
 }
 
 impl Default for SimOptions {
@@ -71,6 +75,7 @@ impl Default for SimOptions {
             mutate_for: Duration::from_secs(30),
             faults: true,
             trace: false,
+            large: 0,
         }
     }
 }
@@ -244,6 +249,7 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> Outcome {
         let m = random_mutation(&mut rng);
         disks.borrow_mut().project.mutate(&m);
     }
+    grow_large_tree(&mut disks.borrow_mut(), options.large);
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -313,6 +319,27 @@ pub fn run_seed(seed: u64, options: &SimOptions) -> Outcome {
         trace: log.lines,
         syncs: log.syncs.len() as u64,
         sim_time: sim.elapsed(),
+    }
+}
+
+/// The trees of large-tree mode (see [`SimOptions::large`]).
+fn grow_large_tree(disks: &mut Disks, large: usize) {
+    let path = |s: String| RelPath::new(s).expect("valid generated path");
+    let target = "t/".repeat(2000).into_bytes();
+    for i in 0..large {
+        let file = path(format!("large/project/{:03}/f{i:06}", i / 1000));
+        disks
+            .project
+            .mutate(&Mutation::Write(file, vec![b'p'; i % 7]));
+    }
+    let Disks {
+        project, computes, ..
+    } = disks;
+    if let Some((union, _)) = computes.get_mut(&1) {
+        for i in 0..large {
+            let link = path(format!("large/compute/{:03}/l{i:06}", i / 1000));
+            union.mutate(&project.tree, &Mutation::Symlink(link, target.clone()));
+        }
     }
 }
 

@@ -30,6 +30,10 @@ struct Args {
     /// Turn network faults and crashes off.
     #[arg(long)]
     no_faults: bool,
+    /// Large-tree mode: N more project files, and N new compute-side
+    /// symlinks with 4000-byte targets (lists of many frames).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    large: usize,
 }
 
 fn main() {
@@ -38,6 +42,7 @@ fn main() {
         computes: args.computes,
         faults: !args.no_faults,
         trace: args.trace,
+        large: args.large,
         ..SimOptions::default()
     };
     if let Some(seed) = args.seed {

@@ -71,3 +71,22 @@ fn regression_seeds_pass() {
         assert_seed_passes(seed);
     }
 }
+
+/// Large-tree mode: a first sync whose changes, plan, applied lists and
+/// index each span several frames, through the real agents, with faults.
+#[test]
+fn a_large_tree_syncs_in_parts_and_converges() {
+    let options = SimOptions {
+        large: 5000,
+        ..SimOptions::default()
+    };
+    for seed in [1, 2] {
+        let outcome = run_seed(seed, &options);
+        assert!(
+            outcome.failure.is_none(),
+            "seed {seed}: {:?}",
+            outcome.failure
+        );
+        assert!(outcome.syncs > 0, "seed {seed} never synced");
+    }
+}
