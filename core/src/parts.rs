@@ -103,33 +103,31 @@ impl Inbox {
     /// The whole message `message` completes, `None` while more parts are
     /// due.
     pub fn accept(&mut self, message: Message) -> Result<Option<Message>, PartsError> {
-        let more = more_flag(&message);
-        let whole = match (self.pending.take(), more) {
-            (None, None | Some(false)) => return Ok(Some(message)),
-            (None, Some(true)) => {
-                let bytes = encoded_len(&message);
-                (message, bytes)
-            }
-            (Some((pending, _)), None) => {
-                return Err(PartsError::Interleaved {
+        let Some(more) = more_flag(&message) else {
+            return match &self.pending {
+                None => Ok(Some(message)),
+                Some((pending, _)) => Err(PartsError::Interleaved {
                     got: name(&message),
-                    pending: name(&pending),
-                })
-            }
-            (Some((pending, bytes)), Some(_)) => {
-                let bytes = bytes.saturating_add(encoded_len(&message));
-                (join(pending, message)?, bytes)
+                    pending: name(pending),
+                }),
+            };
+        };
+        let bytes = encoded_len(&message);
+        let (whole, total) = match self.pending.take() {
+            None if !more => return Ok(Some(message)),
+            None => (message, bytes),
+            Some((mut whole, total)) => {
+                join(&mut whole, message)?;
+                (whole, total.saturating_add(bytes))
             }
         };
-        let (mut whole, bytes) = whole;
-        if bytes > self.limit {
+        if total > self.limit {
             return Err(PartsError::TooLarge(name(&whole), self.limit));
         }
-        if more == Some(true) {
-            self.pending = Some((whole, bytes));
+        if more {
+            self.pending = Some((whole, total));
             return Ok(None);
         }
-        set_more(&mut whole, false);
         Ok(Some(whole))
     }
 
@@ -153,156 +151,124 @@ fn more_flag(message: &Message) -> Option<bool> {
     }
 }
 
-fn set_more(message: &mut Message, value: bool) {
-    match message {
-        Message::Changes { more, .. }
-        | Message::HashRequest { more, .. }
-        | Message::Hashes { more, .. }
-        | Message::Plan { more, .. }
-        | Message::ProjectApplied { more, .. }
-        | Message::ComputeApplied { more, .. }
-        | Message::IndexSnapshot { more, .. } => *more = value,
-        _ => {}
-    }
-}
-
 fn name(message: &Message) -> &'static str {
     crate::compute_session::message_name(message)
 }
 
-/// Appends the lists of `next` to those of `whole`, if `next` is a part of
-/// the same message.
-fn join(whole: Message, next: Message) -> Result<Message, PartsError> {
-    let mismatched = PartsError::Mismatched(name(&next));
-    let joined = match (whole, next) {
+/// Appends the lists of `next` to those of `whole` and takes its `more`,
+/// if `next` is a part of the same message.
+fn join(whole: &mut Message, next: Message) -> Result<(), PartsError> {
+    use Message as M;
+    let name = name(&next);
+    match (whole, next) {
         (
-            Message::Changes {
-                sync,
-                epoch,
-                full,
-                mut changes,
-                ..
-            },
-            Message::Changes {
-                sync: s,
-                epoch: e,
-                full: f,
-                changes: c,
-                more,
-            },
-        ) if (s, e, f) == (sync, epoch, full) => {
-            changes.extend(c);
-            Message::Changes {
+            M::Changes {
                 sync,
                 epoch,
                 full,
                 changes,
                 more,
-            }
+            },
+            M::Changes {
+                sync: s,
+                epoch: e,
+                full: f,
+                changes: c,
+                more: m,
+            },
+        ) if (*sync, *epoch, *full) == (s, e, f) => {
+            changes.extend(c);
+            *more = m;
         }
         (
-            Message::HashRequest {
-                sync, mut paths, ..
-            },
-            Message::HashRequest {
+            M::HashRequest { sync, paths, more },
+            M::HashRequest {
                 sync: s,
                 paths: p,
-                more,
+                more: m,
             },
-        ) if s == sync => {
+        ) if *sync == s => {
             paths.extend(p);
-            Message::HashRequest { sync, paths, more }
+            *more = m;
         }
         (
-            Message::Hashes {
-                sync, mut hashes, ..
-            },
-            Message::Hashes {
+            M::Hashes { sync, hashes, more },
+            M::Hashes {
                 sync: s,
                 hashes: h,
-                more,
+                more: m,
             },
-        ) if s == sync => {
+        ) if *sync == s => {
             hashes.extend(h);
-            Message::Hashes { sync, hashes, more }
+            *more = m;
         }
         (
-            Message::Plan {
-                sync,
-                mut ops,
-                mut want,
-                mut conflicts,
-                ..
-            },
-            Message::Plan {
-                sync: s,
-                ops: o,
-                want: w,
-                conflicts: c,
-                more,
-            },
-        ) if s == sync => {
-            ops.extend(o);
-            want.extend(w);
-            conflicts.extend(c);
-            Message::Plan {
+            M::Plan {
                 sync,
                 ops,
                 want,
                 conflicts,
                 more,
-            }
+            },
+            M::Plan {
+                sync: s,
+                ops: o,
+                want: w,
+                conflicts: c,
+                more: m,
+            },
+        ) if *sync == s => {
+            ops.extend(o);
+            want.extend(w);
+            conflicts.extend(c);
+            *more = m;
         }
         (
-            Message::ProjectApplied {
-                sync, mut deferred, ..
-            },
-            Message::ProjectApplied {
-                sync: s,
-                deferred: d,
-                more,
-            },
-        ) if s == sync => {
-            deferred.extend(d);
-            Message::ProjectApplied {
+            M::ProjectApplied {
                 sync,
                 deferred,
                 more,
-            }
-        }
-        (
-            Message::ComputeApplied {
-                sync,
-                mut deferred,
-                mut upper,
-                ..
             },
-            Message::ComputeApplied {
+            M::ProjectApplied {
                 sync: s,
                 deferred: d,
-                upper: u,
-                more,
+                more: m,
             },
-        ) if s == sync => {
+        ) if *sync == s => {
             deferred.extend(d);
-            upper.extend(u);
-            Message::ComputeApplied {
+            *more = m;
+        }
+        (
+            M::ComputeApplied {
                 sync,
                 deferred,
                 upper,
                 more,
-            }
+            },
+            M::ComputeApplied {
+                sync: s,
+                deferred: d,
+                upper: u,
+                more: m,
+            },
+        ) if *sync == s => {
+            deferred.extend(d);
+            upper.extend(u);
+            *more = m;
         }
         (
-            Message::IndexSnapshot { mut entries, .. },
-            Message::IndexSnapshot { entries: e, more },
+            M::IndexSnapshot { entries, more },
+            M::IndexSnapshot {
+                entries: e,
+                more: m,
+            },
         ) => {
             entries.extend(e);
-            Message::IndexSnapshot { entries, more }
+            *more = m;
         }
-        _ => return Err(mismatched),
-    };
-    Ok(joined)
+        _ => return Err(PartsError::Mismatched(name)),
+    }
+    Ok(())
 }
 
 /// The parts `message` goes out as (itself, when it is small or has no
