@@ -162,7 +162,11 @@ impl Meta {
         }
         match self.kind {
             Kind::Dir => self.perm() != earlier.perm(),
-            Kind::Symlink { .. } => false,
+            // A symlink made again, even with the same target, is a new
+            // entry another side may have decided about (sim seed 100255: a
+            // path went link, dir, same link again, and a stale deletion of
+            // the first link removed the last).
+            Kind::Symlink { .. } => times_differ(self, earlier),
             Kind::File => {
                 if self.perm() != earlier.perm() || self.size != earlier.size {
                     return true;
@@ -338,7 +342,17 @@ mod tests {
     #[test]
     fn a_symlink_changes_with_its_target() {
         assert!(Meta::symlink("b", 1).changed_since(&Meta::symlink("a", 1)));
-        assert!(!Meta::symlink("a", 5).changed_since(&Meta::symlink("a", 1)));
+        assert!(!Meta::symlink("a", 1).changed_since(&Meta::symlink("a", 1)));
+    }
+
+    #[test]
+    fn a_symlink_made_again_with_the_same_target_is_a_change() {
+        let first = Meta::symlink("a", 1).with_ctime(1);
+        assert!(Meta::symlink("a", 5).with_ctime(5).changed_since(&first));
+        let secs = 1_000_000_000;
+        let seen = Meta::symlink("a", 3 * secs);
+        assert!(!Meta::symlink("a", 3 * secs + 7).changed_since_mount_view(&seen));
+        assert!(Meta::symlink("a", 4 * secs).changed_since_mount_view(&seen));
     }
 
     #[test]

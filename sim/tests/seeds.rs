@@ -63,11 +63,14 @@ fn different_seeds_give_different_traces() {
 /// - 213: a failed copy-up modelled on a path already in the upper made a
 ///   pulled copy pass for the user's write (the model now fails copy-ups
 ///   only where the lower alone shows the path).
+/// - 100255, 100416: a path went link, directory, the same link again (by
+///   another compute server), and a stale deletion of the first link
+///   removed the last (a symlink made again is a change now, as a file is).
 /// The same-seed check above found that an unbiased `select!` in the
 /// agents drew from thread-wide state: the loops are biased now.
 #[test]
 fn regression_seeds_pass() {
-    for seed in [13, 36, 38, 165, 213, 639, 718, 756] {
+    for seed in [13, 36, 38, 165, 213, 639, 718, 756, 100255, 100416] {
         assert_seed_passes(seed);
     }
 }
