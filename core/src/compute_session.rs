@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{ContentHash, Meta};
-use crate::parts::{Inbox, Outbox, PartsError};
+use crate::parts::{Inbox, Outbox, PartsError, PART_BYTES};
 use crate::path::RelPath;
 use crate::plan::ComputeOp;
 use crate::schedule::{Schedule, Timing};
@@ -242,6 +242,14 @@ impl ComputeSession {
 
     /// The outcome of a [`ComputeIo::Remote`], for the project.
     pub fn handle_remote_done(&mut self, id: u64, result: Result<Vec<RemoteEntry>, String>) {
+        // One answer is one frame: a listing too long for it is refused.
+        let result = match result {
+            Ok(entries) if crate::parts::encoded_len(&entries) > PART_BYTES => Err(format!(
+                "{} entries are too many to list in one answer: list a subdirectory",
+                entries.len()
+            )),
+            other => other,
+        };
         if !matches!(self.phase, Phase::Disconnected | Phase::Handshake) {
             self.transmit.push_back(Message::RemoteDone { id, result });
         }

@@ -384,7 +384,7 @@ fn zip3<A, B, C>(a: Vec<Vec<A>>, b: Vec<Vec<B>>, c: Vec<Vec<C>>) -> Vec<(Vec<A>,
         .collect()
 }
 
-fn encoded_len<T: Serialize>(item: &T) -> usize {
+pub(crate) fn encoded_len<T: Serialize>(item: &T) -> usize {
     // Encoding into a counter cannot fail for these plain data types; a
     // failure would show at the real encoding anyway.
     postcard::experimental::serialized_size(item).unwrap_or(0)

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use unionsync_core::{ComputeConfig, ComputeSession, ErrorCode, Message, Timing};
+use unionsync_core::{
+    ComputeConfig, ComputeSession, ErrorCode, Message, Meta, RemoteEntry, Timing,
+};
 
 fn session(now: Instant) -> ComputeSession {
     let config = ComputeConfig {
@@ -46,4 +48,39 @@ fn a_busy_compute_id_shows_in_status_and_never_pauses_syncing() {
         refused(&mut s, now, ErrorCode::BadToken, "wrong token");
     }
     assert!(s.status(now).paused);
+}
+
+#[test]
+fn a_listing_too_long_for_one_frame_is_answered_with_an_error() {
+    let now = Instant::now();
+    let mut s = session(now);
+    s.handle_connected(now);
+    s.handle_message(
+        now,
+        Message::Welcome {
+            epoch: 0,
+            full: false,
+        },
+    )
+    .unwrap();
+    let entries = (0..40_000)
+        .map(|i| RemoteEntry {
+            name: format!("{i:0>200}").into_bytes(),
+            meta: Meta::file(0o644, 1, 1),
+        })
+        .collect();
+    s.handle_remote_done(7, Ok(entries));
+    let answer = std::iter::from_fn(|| s.poll_transmit())
+        .find(|m| matches!(m, Message::RemoteDone { .. }))
+        .expect("the request is answered");
+    assert!(answer.encode().is_ok());
+    match answer {
+        Message::RemoteDone {
+            id: 7,
+            result: Err(why),
+        } => {
+            assert!(why.contains("40000 entries"), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
