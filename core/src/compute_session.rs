@@ -95,7 +95,7 @@ pub enum ComputeEvent {
     },
     /// Too many failures in a row: no syncs until `clear_error`.
     Paused,
-    /// The outcome of [`ComputeSession::copy_in`] `id`.
+    /// The outcome of [`ComputeSession::start_copy_in`] `id`.
     CopiedIn {
         id: u64,
         result: Result<(), String>,
@@ -243,29 +243,49 @@ impl ComputeSession {
         }
     }
 
-    /// Sends one entry for `unionsync copy --to-project`: the project puts
+    /// Starts one entry for `unionsync copy --to-project`: the project puts
     /// it at `path` whatever the sync state (its own version, if different,
-    /// goes to its conflicts area). The outcome comes as
-    /// [`ComputeEvent::CopiedIn`] with the returned id; `None` when not
+    /// goes to its conflicts area). Its pieces follow through
+    /// [`ComputeSession::copy_in_piece`]; the outcome comes as
+    /// [`ComputeEvent::CopiedIn`] with the returned id. `None` when not
     /// connected.
-    pub fn copy_in(&mut self, path: RelPath, meta: Meta, data: Vec<u8>) -> Option<u64> {
+    pub fn start_copy_in(&mut self) -> Option<u64> {
         if matches!(self.phase, Phase::Disconnected | Phase::Handshake) {
             return None;
         }
         self.next_copy += 1;
         let id = self.next_copy;
         self.copies_pending.insert(id);
-        if data.is_empty() {
-            let last = true;
-            let message = Message::CopyIn {
+        Some(id)
+    }
+
+    /// Queues the next piece of copy `id`, cut into chunks of at most
+    /// [`CHUNK_LEN`]; `last` on the final piece (a symlink or directory is
+    /// one piece with no data). The caller feeds a file piece by piece as
+    /// it reads it, once the previous pieces were transmitted, so a big
+    /// file is never queued whole. `false` (nothing queued) once `id` is
+    /// no longer pending: it was answered (failed) or the connection was
+    /// lost.
+    pub fn copy_in_piece(
+        &mut self,
+        id: u64,
+        path: RelPath,
+        meta: Meta,
+        data: Vec<u8>,
+        last: bool,
+    ) -> bool {
+        if !self.copies_pending.contains(&id) {
+            return false;
+        }
+        if data.len() <= CHUNK_LEN {
+            self.transmit.push_back(Message::CopyIn {
                 id,
                 path,
                 meta,
                 data,
                 last,
-            };
-            self.transmit.push_back(message);
-            return Some(id);
+            });
+            return true;
         }
         let mut chunks = data.chunks(CHUNK_LEN).peekable();
         while let Some(chunk) = chunks.next() {
@@ -274,10 +294,10 @@ impl ComputeSession {
                 path: path.clone(),
                 meta: meta.clone(),
                 data: chunk.to_vec(),
-                last: chunks.peek().is_none(),
+                last: last && chunks.peek().is_none(),
             });
         }
-        Some(id)
+        true
     }
 
     pub fn handle_disconnected(&mut self, now: Instant, reason: &str) {
@@ -798,5 +818,44 @@ mod tests {
             (u64::MAX, u64::MAX)
         );
         assert_eq!(s.status(now).files_done, u64::MAX);
+    }
+
+    /// A session past its handshake (copies may go).
+    fn welcomed(now: Instant) -> ComputeSession {
+        let mut s = session(now);
+        s.handle_connected(now);
+        s.handle_message(now, Message::Welcome { epoch: 0, full: false })
+            .unwrap();
+        while s.poll_transmit().is_some() {}
+        s
+    }
+
+    #[test]
+    fn a_copy_piece_is_cut_into_chunks_and_only_the_final_one_of_the_last_is_last() {
+        let now = Instant::now();
+        let mut s = welcomed(now);
+        let id = s.start_copy_in().unwrap();
+        let (path, meta) = (RelPath::new("f").unwrap(), Meta::file(0o644, 0, 1));
+        assert!(s.copy_in_piece(id, path.clone(), meta.clone(), vec![1; CHUNK_LEN + 1], false));
+        assert!(s.copy_in_piece(id, path, meta, vec![2; 3], true));
+        let pieces: Vec<(usize, bool)> = std::iter::from_fn(|| s.poll_transmit())
+            .map(|m| match m {
+                Message::CopyIn { data, last, .. } => (data.len(), last),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(pieces, [(CHUNK_LEN, false), (1, false), (3, true)]);
+    }
+
+    #[test]
+    fn pieces_of_a_copy_lost_with_its_connection_are_refused() {
+        let now = Instant::now();
+        let mut s = welcomed(now);
+        let id = s.start_copy_in().unwrap();
+        s.handle_disconnected(now, "gone");
+        let (path, meta) = (RelPath::new("f").unwrap(), Meta::file(0o644, 0, 1));
+        assert!(!s.copy_in_piece(id, path, meta, vec![1], true));
+        assert!(s.start_copy_in().is_none());
+        assert!(std::iter::from_fn(|| s.poll_transmit()).all(|m| !matches!(m, Message::CopyIn { .. })));
     }
 }

@@ -69,6 +69,19 @@ pub fn detach(path: &Path) {
 }
 
 impl Daemon {
+    /// The peak resident memory of the process so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the daemon's /proc status");
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().strip_suffix("kB"))
+            .and_then(|kib| kib.trim().parse::<u64>().ok())
+            .expect("VmHWM in /proc/<pid>/status");
+        kib << 10
+    }
+
     /// SIGTERM: a clean stop.
     pub fn terminate(&self) {
         let _ = Command::new("kill")
