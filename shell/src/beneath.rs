@@ -78,7 +78,10 @@ impl FileReader for ShippedFile {
     }
 
     fn unchanged(&mut self) -> StoreResult<bool> {
-        let after = meta_of(&rfs::fstat(self.file.as_fd()).map_err(io::Error::from)?, None);
+        let after = meta_of(
+            &rfs::fstat(self.file.as_fd()).map_err(io::Error::from)?,
+            None,
+        );
         Ok(self.read == self.before.size && after == self.before)
     }
 }

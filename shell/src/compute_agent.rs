@@ -352,7 +352,9 @@ impl<St: ComputeStore> Agent<St> {
             None => {
                 waiter.pieces = None;
                 if waiter.sending.is_some() {
-                    waiter.error.get_or_insert("the copy ended in the middle of a file".into());
+                    waiter
+                        .error
+                        .get_or_insert("the copy ended in the middle of a file".into());
                 }
             }
             Some(Err(error)) => {
@@ -364,7 +366,9 @@ impl<St: ComputeStore> Agent<St> {
                     None => self.session.start_copy_in(),
                 };
                 let Some(id) = id else {
-                    waiter.error.get_or_insert("not connected to the project".into());
+                    waiter
+                        .error
+                        .get_or_insert("not connected to the project".into());
                     return self.settle_copies();
                 };
                 if waiter.sending.replace(id).is_none() {

@@ -30,11 +30,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
+use unionsync_core::wire::CHUNK_LEN;
 use unionsync_core::{
     ComputeEvent, ComputeStatus, Meta, Phase, ProjectEvent, RelPath, RemoteEntry, RemoteOp,
     SyncReport,
 };
-use unionsync_core::wire::CHUNK_LEN;
 
 use crate::beneath::Root;
 use crate::compute_agent::{AgentCommand, CopyPiece};

@@ -93,8 +93,11 @@ pub trait ComputeStore {
         paths: &[RelPath],
     ) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>>;
     /// An upper file opened for reading, if it still matches `expect`.
-    async fn open_file(&mut self, path: &RelPath, expect: &Meta)
-        -> StoreResult<Option<Self::Reader>>;
+    async fn open_file(
+        &mut self,
+        path: &RelPath,
+        expect: &Meta,
+    ) -> StoreResult<Option<Self::Reader>>;
     /// Receive content for a later `Take`.
     async fn stage(&mut self, path: &RelPath, data: &[u8], last: bool) -> StoreResult<()>;
     async fn apply(&mut self, ops: &[ComputeOp]) -> StoreResult<Applied>;
@@ -129,8 +132,11 @@ pub trait ProjectStore {
         paths: &[RelPath],
     ) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>>;
     /// A home file opened for reading, if it still matches `expect`.
-    async fn open_file(&mut self, path: &RelPath, expect: &Meta)
-        -> StoreResult<Option<Self::Reader>>;
+    async fn open_file(
+        &mut self,
+        path: &RelPath,
+        expect: &Meta,
+    ) -> StoreResult<Option<Self::Reader>>;
     async fn stage(
         &mut self,
         compute_id: u64,

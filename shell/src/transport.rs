@@ -278,8 +278,17 @@ where
     for (path, meta) in files {
         let whole = match open(path, meta).await {
             Ok(Some(mut file)) => {
-                match pack_file(ws, sync, &mut packer, &mut buf, path, meta, &mut file, timeout)
-                    .await?
+                match pack_file(
+                    ws,
+                    sync,
+                    &mut packer,
+                    &mut buf,
+                    path,
+                    meta,
+                    &mut file,
+                    timeout,
+                )
+                .await?
                 {
                     Ok(whole) => whole,
                     Err(e) => return Ok(Err(e)),
@@ -326,9 +335,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     R: FileReader,
 {
-    let packed = |result: Result<(), ArchiveError>| {
-        result.map_err(|e| StoreError(format!("{path}: {e}")))
-    };
+    let packed =
+        |result: Result<(), ArchiveError>| result.map_err(|e| StoreError(format!("{path}: {e}")));
     if let Err(e) = packed(packer.begin_file(path, meta.perm(), meta.mtime_ns, meta.size)) {
         return Ok(Err(e));
     }
@@ -594,7 +602,10 @@ mod tests {
         send(&mut client, &Message::DataDone { sync: 3 })
             .await
             .unwrap();
-        assert_eq!(files_and_skipped(received(&mut server).await).1, vec![p("f")]);
+        assert_eq!(
+            files_and_skipped(received(&mut server).await).1,
+            vec![p("f")]
+        );
     }
 
     #[tokio::test]

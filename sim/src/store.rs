@@ -118,7 +118,12 @@ impl ProjectStore for SimProjectStore {
     }
 
     async fn open_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Snapshot>> {
-        Ok(self.disks.borrow().project.read(path, expect).map(Snapshot::new))
+        Ok(self
+            .disks
+            .borrow()
+            .project
+            .read(path, expect)
+            .map(Snapshot::new))
     }
 
     async fn stage(
