@@ -490,7 +490,8 @@ impl ComputeSession {
                 report.files_received = report.files_received.saturating_add(u64::from(last));
                 self.io.push_back(ComputeIo::Stage { path, data, last });
             }
-            // Nothing staged means the `Take` is deferred at apply time.
+            // The project lists the path in `ProjectApplied`'s deferred, so
+            // its `Take` is dropped (content staged before this is unused).
             Message::FileSkipped { sync, .. } if self.phase == Phase::Receiving => {
                 self.check_sync(sync)?;
             }
