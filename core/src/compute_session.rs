@@ -96,7 +96,7 @@ pub enum ComputeEvent {
     },
     /// Too many failures in a row: no syncs until `clear_error`.
     Paused,
-    /// The outcome of [`ComputeSession::copy_in`] `id`.
+    /// The outcome of [`ComputeSession::start_copy_in`] `id`.
     CopiedIn {
         id: u64,
         result: Result<(), String>,
@@ -255,29 +255,49 @@ impl ComputeSession {
         }
     }
 
-    /// Sends one entry for `unionsync copy --to-project`: the project puts
+    /// Starts one entry for `unionsync copy --to-project`: the project puts
     /// it at `path` whatever the sync state (its own version, if different,
-    /// goes to its conflicts area). The outcome comes as
-    /// [`ComputeEvent::CopiedIn`] with the returned id; `None` when not
+    /// goes to its conflicts area). Its pieces follow through
+    /// [`ComputeSession::copy_in_piece`]; the outcome comes as
+    /// [`ComputeEvent::CopiedIn`] with the returned id. `None` when not
     /// connected.
-    pub fn copy_in(&mut self, path: RelPath, meta: Meta, data: Vec<u8>) -> Option<u64> {
+    pub fn start_copy_in(&mut self) -> Option<u64> {
         if matches!(self.phase, Phase::Disconnected | Phase::Handshake) {
             return None;
         }
         self.next_copy += 1;
         let id = self.next_copy;
         self.copies_pending.insert(id);
-        if data.is_empty() {
-            let last = true;
-            let message = Message::CopyIn {
+        Some(id)
+    }
+
+    /// Queues the next piece of copy `id`, cut into chunks of at most
+    /// [`CHUNK_LEN`]; `last` on the final piece (a symlink or directory is
+    /// one piece with no data). The caller feeds a file piece by piece as
+    /// it reads it, once the previous pieces were transmitted, so a big
+    /// file is never queued whole. `false` (nothing queued) once `id` is
+    /// no longer pending: it was answered (failed) or the connection was
+    /// lost.
+    pub fn copy_in_piece(
+        &mut self,
+        id: u64,
+        path: RelPath,
+        meta: Meta,
+        data: Vec<u8>,
+        last: bool,
+    ) -> bool {
+        if !self.copies_pending.contains(&id) {
+            return false;
+        }
+        if data.len() <= CHUNK_LEN {
+            self.transmit.push_back(Message::CopyIn {
                 id,
                 path,
                 meta,
                 data,
                 last,
-            };
-            self.transmit.push_back(message);
-            return Some(id);
+            });
+            return true;
         }
         let mut chunks = data.chunks(CHUNK_LEN).peekable();
         while let Some(chunk) = chunks.next() {
@@ -286,10 +306,10 @@ impl ComputeSession {
                 path: path.clone(),
                 meta: meta.clone(),
                 data: chunk.to_vec(),
-                last: chunks.peek().is_none(),
+                last: last && chunks.peek().is_none(),
             });
         }
-        Some(id)
+        true
     }
 
     pub fn handle_disconnected(&mut self, now: Instant, reason: &str) {
@@ -489,7 +509,8 @@ impl ComputeSession {
                 report.files_received = report.files_received.saturating_add(u64::from(last));
                 self.io.push_back(ComputeIo::Stage { path, data, last });
             }
-            // Nothing staged means the `Take` is deferred at apply time.
+            // The project lists the path in `ProjectApplied`'s deferred, so
+            // its `Take` is dropped (content staged before this is unused).
             Message::FileSkipped { sync, .. } if self.phase == Phase::Receiving => {
                 self.check_sync(sync)?;
             }

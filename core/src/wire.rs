@@ -154,7 +154,9 @@ pub enum Message {
         last: bool,
     },
     /// The sender could not ship `path` as planned (changed since, or
-    /// gone): the path is deferred to the next sync.
+    /// gone): the path is deferred to the next sync. It may follow the
+    /// path's content (the file changed while being streamed): that
+    /// content is then not used.
     FileSkipped {
         sync: u64,
         path: RelPath,

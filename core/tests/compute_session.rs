@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use unionsync_core::wire::CHUNK_LEN;
 use unionsync_core::{
-    ComputeConfig, ComputeSession, ErrorCode, Message, Meta, RemoteEntry, Timing,
+    ComputeConfig, ComputeSession, ErrorCode, Message, Meta, RelPath, RemoteEntry, Timing,
 };
 
 fn session(now: Instant) -> ComputeSession {
@@ -53,16 +54,7 @@ fn a_busy_compute_id_shows_in_status_and_never_pauses_syncing() {
 #[test]
 fn a_listing_too_long_for_one_frame_is_answered_with_an_error() {
     let now = Instant::now();
-    let mut s = session(now);
-    s.handle_connected(now);
-    s.handle_message(
-        now,
-        Message::Welcome {
-            epoch: 0,
-            full: false,
-        },
-    )
-    .unwrap();
+    let mut s = welcomed(now);
     let entries = (0..40_000)
         .map(|i| RemoteEntry {
             name: format!("{i:0>200}").into_bytes(),
@@ -83,4 +75,35 @@ fn a_listing_too_long_for_one_frame_is_answered_with_an_error() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// A session past its handshake (copies may go).
+fn welcomed(now: Instant) -> ComputeSession {
+    let mut s = session(now);
+    s.handle_connected(now);
+    let welcome = Message::Welcome {
+        epoch: 0,
+        full: false,
+    };
+    s.handle_message(now, welcome).unwrap();
+    while s.poll_transmit().is_some() {}
+    s
+}
+
+#[test]
+fn a_copy_piece_is_cut_into_chunks_and_only_the_final_one_of_the_last_is_last() {
+    let now = Instant::now();
+    let mut s = welcomed(now);
+    let id = s.start_copy_in().unwrap();
+    let (path, meta) = (RelPath::new("f").unwrap(), Meta::file(0o644, 0, 1));
+    let first = vec![1; CHUNK_LEN + 1];
+    assert!(s.copy_in_piece(id, path.clone(), meta.clone(), first, false));
+    assert!(s.copy_in_piece(id, path, meta, vec![2; 3], true));
+    let pieces: Vec<(usize, bool)> = std::iter::from_fn(|| s.poll_transmit())
+        .map(|m| match m {
+            Message::CopyIn { data, last, .. } => (data.len(), last),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(pieces, [(CHUNK_LEN, false), (1, false), (3, true)]);
 }

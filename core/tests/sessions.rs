@@ -629,20 +629,22 @@ fn copied_outcomes(events: &[ComputeEvent]) -> Vec<(u64, bool)> {
         .collect()
 }
 
+/// One whole entry for `copy --to-project`, as a single piece (the session
+/// cuts it into chunks); `None` when not connected.
+fn copy_in(session: &mut ComputeSession, path: RelPath, meta: Meta, data: Vec<u8>) -> Option<u64> {
+    let id = session.start_copy_in()?;
+    assert!(session.copy_in_piece(id, path, meta, data, true));
+    Some(id)
+}
+
 #[test]
 fn a_copy_in_arrives_whole_in_pieces_and_its_outcome_comes_back() {
     let mut pair = Pair::new(b"secret");
     pair.compute.handle_connected(pair.now);
     pair.pump();
     let data: Vec<u8> = (0..600_000u32).map(|i| i as u8).collect();
-    let id = pair
-        .compute
-        .copy_in(
-            p("big"),
-            Meta::file(0o644, data.len() as u64, 1),
-            data.clone(),
-        )
-        .unwrap();
+    let meta = Meta::file(0o644, data.len() as u64, 1);
+    let id = copy_in(&mut pair.compute, p("big"), meta, data.clone()).unwrap();
     let sent = pair.pump();
     assert!(sent.iter().any(|m| matches!(m, Message::CopyInDone { .. })));
     assert_eq!(pair.copied_in[&p("big")], data);
@@ -655,10 +657,8 @@ fn a_failed_copy_in_is_answered_once_and_its_other_pieces_are_dropped() {
     pair.compute.handle_connected(pair.now);
     pair.pump();
     let data = vec![7u8; 600_000];
-    let id = pair
-        .compute
-        .copy_in(p("refused"), Meta::file(0o644, 600_000, 1), data)
-        .unwrap();
+    let meta = Meta::file(0o644, 600_000, 1);
+    let id = copy_in(&mut pair.compute, p("refused"), meta, data).unwrap();
     let sent = pair.pump();
     let answers = sent
         .iter()
@@ -678,20 +678,18 @@ fn copies_pending_when_the_connection_drops_fail() {
     let mut pair = Pair::new(b"secret");
     pair.compute.handle_connected(pair.now);
     pair.pump();
-    let id = pair
-        .compute
-        .copy_in(p("f"), Meta::file(0o644, 1, 1), b"x".to_vec())
-        .unwrap();
+    let id = pair.compute.start_copy_in().unwrap();
     pair.compute.handle_disconnected(pair.now, "test");
     while let Some(e) = pair.compute.poll_event() {
         pair.events.push(e);
     }
     assert_eq!(copied_outcomes(&pair.events), [(id, false)]);
-    assert_eq!(
-        pair.compute
-            .copy_in(p("g"), Meta::file(0o644, 1, 1), b"y".to_vec()),
-        None
-    );
+    // The rest of the lost entry is refused, and no new one starts.
+    let meta = Meta::file(0o644, 1, 1);
+    assert!(!pair
+        .compute
+        .copy_in_piece(id, p("f"), meta, b"x".to_vec(), true));
+    assert_eq!(pair.compute.start_copy_in(), None);
 }
 
 /// Regression (found by the sshfs end-to-end suite, `make clean && make`

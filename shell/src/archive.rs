@@ -1463,6 +1463,32 @@ mod tests {
     }
 
     #[test]
+    fn a_file_of_many_frames_is_never_held_whole_by_the_unpacker() {
+        let data = pseudo_random(32 * CHUNK_LEN, 9);
+        let frames = pack(&[Entry::File(p(b"f"), 0o644, 0, data.clone())]);
+        let mut unpacker = Unpacker::new();
+        let mut total = 0;
+        for frame in &frames {
+            unpacker.push_frame(frame).unwrap();
+            let mut held = 0;
+            while let Some(event) = unpacker.next_event() {
+                if let Event::Data(piece) = event {
+                    held += piece.len();
+                }
+            }
+            assert!(held <= MAX_FRAME_OUTPUT, "one push yielded {held} bytes");
+            assert!(
+                unpacker.buf.len() < BLOCK,
+                "kept {} bytes",
+                unpacker.buf.len()
+            );
+            total += held;
+        }
+        unpacker.finish().unwrap();
+        assert_eq!(total, data.len());
+    }
+
+    #[test]
     fn refuses_a_long_name_entry_claiming_a_huge_size() {
         for kind in [b'L', b'K', b'x'] {
             let mut tar = raw_header(b"././@LongLink", kind, u64::MAX / 2, b"");

@@ -21,6 +21,8 @@ use rustix::fs::{
 use rustix::io::Errno;
 use unionsync_core::{carried_perm, ContentHash, Kind, Meta, RelPath, PERM_MASK};
 
+use crate::store::{FileReader, StoreResult};
+
 /// An open directory that every operation stays beneath.
 #[derive(Debug)]
 pub struct Root {
@@ -52,6 +54,35 @@ fn absent_as_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
         Ok(value) => Ok(Some(value)),
         Err(error) if is_absent(&error) => Ok(None),
         Err(error) => Err(error),
+    }
+}
+
+/// A file being read for shipping ([`Root::open_to_ship`]): what it was
+/// when opened, to tell at the end whether it changed while being read.
+pub struct ShippedFile {
+    file: File,
+    before: Meta,
+    read: u64,
+}
+
+impl FileReader for ShippedFile {
+    fn read(&mut self, buf: &mut [u8]) -> StoreResult<usize> {
+        let n = loop {
+            match self.file.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        self.read += n as u64;
+        Ok(n)
+    }
+
+    fn unchanged(&mut self) -> StoreResult<bool> {
+        let after = meta_of(
+            &rfs::fstat(self.file.as_fd()).map_err(io::Error::from)?,
+            None,
+        );
+        Ok(self.read == self.before.size && after == self.before)
     }
 }
 
@@ -260,21 +291,21 @@ impl Root {
         Ok(File::from(fd))
     }
 
-    /// A file's content if it is still what `expect` describes and did not
-    /// change while being read (`None` otherwise: the caller defers it).
-    pub fn read_file(&self, path: &RelPath, expect: &Meta) -> io::Result<Option<Vec<u8>>> {
-        let Some(mut file) = absent_as_none(self.open_file(path))? else {
+    /// A file opened for shipping if it is still what `expect` describes
+    /// (`None` otherwise: the caller defers it).
+    pub fn open_to_ship(&self, path: &RelPath, expect: &Meta) -> io::Result<Option<ShippedFile>> {
+        let Some(file) = absent_as_none(self.open_file(path))? else {
             return Ok(None);
         };
         let before = meta_of(&rfs::fstat(file.as_fd())?, None);
         if !before.matches(expect) {
             return Ok(None);
         }
-        let mut data = Vec::with_capacity(before.size.min(64 << 20) as usize);
-        file.read_to_end(&mut data)?;
-        let after = meta_of(&rfs::fstat(file.as_fd())?, None);
-        let whole = data.len() as u64 == before.size;
-        Ok((whole && after == before).then_some(data))
+        Ok(Some(ShippedFile {
+            file,
+            before,
+            read: 0,
+        }))
     }
 
     /// The content hash of a regular file (`None`: not a file, or gone).
@@ -672,17 +703,58 @@ mod tests {
         assert!(root.chmod(&p("l"), 0o777).is_err());
     }
 
+    /// Everything a shipped file yields, and whether it stayed unchanged.
+    fn ship_all(mut file: ShippedFile) -> (Vec<u8>, bool) {
+        let mut data = Vec::new();
+        let mut buf = [0; 4];
+        loop {
+            match file.read(&mut buf).unwrap() {
+                0 => break,
+                n => data.extend_from_slice(&buf[..n]),
+            }
+        }
+        (data, file.unchanged().unwrap())
+    }
+
     #[test]
-    fn read_file_refuses_a_file_that_changed_since_the_plan() {
+    fn a_file_that_changed_since_the_plan_is_not_opened_to_ship() {
         let (dir, root) = root();
         std::fs::write(dir.path().join("f"), b"one").unwrap();
         let seen = root.stat(&p("f")).unwrap().unwrap();
-        assert_eq!(
-            root.read_file(&p("f"), &seen).unwrap(),
-            Some(b"one".to_vec())
-        );
+        let file = root.open_to_ship(&p("f"), &seen).unwrap().unwrap();
+        assert_eq!(ship_all(file), (b"one".to_vec(), true));
         std::fs::write(dir.path().join("f"), b"three").unwrap();
-        assert_eq!(root.read_file(&p("f"), &seen).unwrap(), None);
+        assert!(root.open_to_ship(&p("f"), &seen).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_file_written_while_being_shipped_is_not_unchanged() {
+        let (dir, root) = root();
+        std::fs::write(dir.path().join("f"), b"one two").unwrap();
+        let seen = root.stat(&p("f")).unwrap().unwrap();
+        let mut file = root.open_to_ship(&p("f"), &seen).unwrap().unwrap();
+        let mut buf = [0; 4];
+        assert_eq!(file.read(&mut buf).unwrap(), 4);
+        let mut append = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        std::io::Write::write_all(&mut append, b" three").unwrap();
+        assert!(!ship_all(file).1);
+    }
+
+    #[test]
+    fn a_file_truncated_while_being_shipped_is_not_unchanged() {
+        let (dir, root) = root();
+        std::fs::write(dir.path().join("f"), b"one two").unwrap();
+        let seen = root.stat(&p("f")).unwrap().unwrap();
+        let file = root.open_to_ship(&p("f"), &seen).unwrap().unwrap();
+        let truncate = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        truncate.set_len(2).unwrap();
+        assert!(!ship_all(file).1);
     }
 
     #[test]

@@ -69,20 +69,47 @@ pub enum AgentCommand {
     /// A local write happened: sync soon.
     Activity,
     Shutdown,
-    /// `unionsync copy --to-project`: put these entries (parents first) in
-    /// the project now; `reply` gets how many, or the first error.
+    /// `unionsync copy --to-project`: put the entries that come through
+    /// `pieces` (parents first, each file in pieces as it is read) in the
+    /// project now; `reply` gets how many, or the first error. The channel
+    /// is bounded: the reader waits while the agent transmits, so a big
+    /// file is never held whole.
     CopyToProject {
-        entries: Vec<(RelPath, Meta, Vec<u8>)>,
+        pieces: mpsc::Receiver<Result<CopyPiece, String>>,
         reply: oneshot::Sender<Result<usize, String>>,
     },
 }
 
-/// A `CopyToProject` waiting for the project's answers.
+/// A piece of one entry of a `CopyToProject`: a file's content comes in
+/// pieces of at most `CHUNK_LEN`, `last` on the final one (whose `meta`
+/// has the size read); a symlink or directory is one piece with no data.
+#[derive(Debug)]
+pub struct CopyPiece {
+    pub path: RelPath,
+    pub meta: Meta,
+    pub data: Vec<u8>,
+    pub last: bool,
+}
+
+/// A `CopyToProject` being sent and waiting for the project's answers.
 struct CopyWaiter {
+    /// Pieces still to come (`None`: all came, or the copy stopped).
+    pieces: Option<mpsc::Receiver<Result<CopyPiece, String>>>,
+    /// The entry whose pieces are being sent.
+    sending: Option<u64>,
     ids: BTreeSet<u64>,
     entries: usize,
     error: Option<String>,
     reply: oneshot::Sender<Result<usize, String>>,
+}
+
+/// The next piece of the first copy still being read (pending forever
+/// when there is none).
+async fn next_piece(copies: &mut [CopyWaiter]) -> Option<Result<CopyPiece, String>> {
+    match copies.iter_mut().find_map(|w| w.pieces.as_mut()) {
+        Some(pieces) => pieces.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs until [`AgentCommand::Shutdown`]; fails only if the committed epoch
@@ -281,6 +308,9 @@ impl<St: ComputeStore> Agent<St> {
                         return Ending::Shutdown;
                     }
                 }
+                // Only with nothing left to transmit (drain sent it all):
+                // one piece at a time, so the socket paces the reader.
+                piece = next_piece(&mut self.copies) => self.copy_piece(piece),
             }
         }
     }
@@ -294,37 +324,81 @@ impl<St: ComputeStore> Agent<St> {
             Some(AgentCommand::ClearError) => self.session.clear_error(now),
             Some(AgentCommand::Activity) => self.session.handle_activity(now),
             Some(AgentCommand::Shutdown) => return false,
-            Some(AgentCommand::CopyToProject { entries, reply }) => {
-                let count = entries.len();
-                let mut ids = BTreeSet::new();
-                for (path, meta, data) in entries {
-                    match self.session.copy_in(path, meta, data) {
-                        Some(id) => {
-                            ids.insert(id);
-                        }
-                        None => {
-                            let _ = reply.send(Err("not connected to the project".into()));
-                            return true;
-                        }
-                    }
+            Some(AgentCommand::CopyToProject { pieces, reply }) => {
+                if !self.session.status(now).connected {
+                    let _ = reply.send(Err("not connected to the project".into()));
+                    return true;
                 }
                 self.copies.push(CopyWaiter {
-                    ids,
-                    entries: count,
+                    pieces: Some(pieces),
+                    sending: None,
+                    ids: BTreeSet::new(),
+                    entries: 0,
                     error: None,
                     reply,
                 });
-                self.settle_copies();
             }
         }
         true
     }
 
-    /// Answers the copy requests the project has fully answered.
+    /// Hands one piece of the copy being read to the session (`None`: the
+    /// reader is done).
+    fn copy_piece(&mut self, piece: Option<Result<CopyPiece, String>>) {
+        let Some(waiter) = self.copies.iter_mut().find(|w| w.pieces.is_some()) else {
+            return;
+        };
+        match piece {
+            None => {
+                waiter.pieces = None;
+                if waiter.sending.is_some() {
+                    waiter
+                        .error
+                        .get_or_insert("the copy ended in the middle of a file".into());
+                }
+            }
+            Some(Err(error)) => {
+                waiter.error.get_or_insert(error);
+            }
+            Some(Ok(piece)) => {
+                let id = match waiter.sending {
+                    Some(id) => Some(id),
+                    None => self.session.start_copy_in(),
+                };
+                let Some(id) = id else {
+                    waiter
+                        .error
+                        .get_or_insert("not connected to the project".into());
+                    return self.settle_copies();
+                };
+                if waiter.sending.replace(id).is_none() {
+                    waiter.ids.insert(id);
+                    waiter.entries += 1;
+                }
+                if piece.last {
+                    waiter.sending = None;
+                }
+                // Refused once the entry failed or the connection went: its
+                // error is recorded from the session's event.
+                let _ = self
+                    .session
+                    .copy_in_piece(id, piece.path, piece.meta, piece.data, piece.last);
+            }
+        }
+        self.settle_copies();
+    }
+
+    /// Stops reading copies that failed; answers those the project has
+    /// fully answered.
     fn settle_copies(&mut self) {
+        for waiter in &mut self.copies {
+            if waiter.error.is_some() {
+                waiter.pieces = None;
+            }
+        }
         let (done, waiting) = std::mem::take(&mut self.copies)
             .into_iter()
-            .partition(|w| w.ids.is_empty());
+            .partition(|w| w.pieces.is_none() && w.ids.is_empty());
         self.copies = waiting;
         for waiter in done {
             let outcome = match waiter.error {
@@ -394,7 +468,7 @@ impl<St: ComputeStore> Agent<St> {
                 let sync = session.current_sync();
                 let timeout = session.step_timeout();
                 transport::send_files(ws, sync, &files, timeout, async |path, meta| {
-                    store.read_file(path, meta).await
+                    store.open_file(path, meta).await
                 })
                 .await?
                 .map(|skipped| session.handle_files_sent(now(), skipped))

@@ -23,7 +23,7 @@ use unionsync_core::{
     Change, ComputeOp, ContentHash, IndexUpdate, Meta, RelPath, RemoteEntry, RemoteOp, Reported,
 };
 
-use crate::beneath::{is_absent, Root};
+use crate::beneath::{is_absent, Root, ShippedFile};
 use crate::persist;
 use crate::staging::{deferral, finish_dirs, still_matches, Deferred, Staging, StepResult};
 use crate::store::{Applied, ComputeStore, StoreError, StoreResult};
@@ -394,6 +394,8 @@ fn differs(recorded: Option<&Reported>, now: &Reported) -> bool {
 }
 
 impl ComputeStore for DiskComputeStore {
+    type Reader = ShippedFile;
+
     async fn load_epoch(&mut self) -> StoreResult<u64> {
         Ok(self.epoch)
     }
@@ -488,8 +490,12 @@ impl ComputeStore for DiskComputeStore {
         Ok(self.upper.hashes(paths)?)
     }
 
-    async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.upper.read_file(path, expect)?)
+    async fn open_file(
+        &mut self,
+        path: &RelPath,
+        expect: &Meta,
+    ) -> StoreResult<Option<ShippedFile>> {
+        Ok(self.upper.open_to_ship(path, expect)?)
     }
 
     async fn stage(&mut self, path: &RelPath, data: &[u8], last: bool) -> StoreResult<()> {

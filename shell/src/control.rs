@@ -30,13 +30,14 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
+use unionsync_core::wire::CHUNK_LEN;
 use unionsync_core::{
     ComputeEvent, ComputeStatus, Meta, Phase, ProjectEvent, RelPath, RemoteEntry, RemoteOp,
     SyncReport,
 };
 
 use crate::beneath::Root;
-use crate::compute_agent::AgentCommand;
+use crate::compute_agent::{AgentCommand, CopyPiece};
 use crate::project_server::{ConnectionEvent, ConnectionNews, RemoteCall};
 use crate::union::MountLink;
 
@@ -758,27 +759,32 @@ impl ComputeTracker {
                 };
                 let commands = self.commands.clone();
                 tokio::spawn(async move {
-                    let read = tokio::task::spawn_blocking(move || {
-                        read_view(&mount.mountpoint, &paths, &cwd)
-                    });
-                    let response = match read.await {
-                        Ok(Ok(entries)) => {
-                            let (done, outcome) = oneshot::channel();
-                            let command = AgentCommand::CopyToProject {
-                                entries,
-                                reply: done,
-                            };
-                            match commands.send(command) {
-                                Err(_) => Response::Error("the compute agent stopped".into()),
-                                Ok(()) => match outcome.await {
-                                    Ok(Ok(entries)) => Response::Copied(entries),
-                                    Ok(Err(error)) => Response::Error(error),
-                                    Err(_) => Response::Error("the compute agent stopped".into()),
-                                },
-                            }
+                    // Bounded: the reader waits while the agent sends.
+                    let (pieces, received) = mpsc::channel(COPY_PIECES_AHEAD);
+                    let (done, outcome) = oneshot::channel();
+                    let command = AgentCommand::CopyToProject {
+                        pieces: received,
+                        reply: done,
+                    };
+                    if commands.send(command).is_err() {
+                        let _ = reply.send(Response::Error("the compute agent stopped".into()));
+                        return;
+                    }
+                    // Reads through the mount: not on the runtime's thread.
+                    tokio::task::spawn_blocking(move || {
+                        let send = |piece| {
+                            pieces
+                                .blocking_send(Ok(piece))
+                                .map_err(|_| "the copy stopped".to_string())
+                        };
+                        if let Err(error) = read_view(&mount.mountpoint, &paths, &cwd, send) {
+                            let _ = pieces.blocking_send(Err(error));
                         }
+                    });
+                    let response = match outcome.await {
+                        Ok(Ok(entries)) => Response::Copied(entries),
                         Ok(Err(error)) => Response::Error(error),
-                        Err(error) => Response::Error(format!("reading the view: {error}")),
+                        Err(_) => Response::Error("the compute agent stopped".into()),
                     };
                     let _ = reply.send(response);
                 });
@@ -872,21 +878,22 @@ impl ComputeTracker {
 
 // ---------------------------------------------------------- project side
 
-/// Largest file `copy --to-project` carries (bigger ones: let the sync).
-const MAX_COPY_FILE: u64 = 256 << 20;
+/// Pieces of a `copy --to-project` read ahead of what the agent sent.
+const COPY_PIECES_AHEAD: usize = 2;
 
-/// The entries at and below each typed path of the view, parents first,
-/// files with their content. Resolved beneath the mountpoint, never through
-/// a symlink: `l -> /` in the view must not ship the host's `l/etc/shadow`.
+/// Feeds `send` the entries at and below each typed path of the view,
+/// parents first, files in pieces of at most [`CHUNK_LEN`] as they are
+/// read (memory stays bounded whatever their size). Resolved beneath the
+/// mountpoint, never through a symlink: `l -> /` in the view must not ship
+/// the host's `l/etc/shadow`. Stops at the first error, naming the path.
 fn read_view(
     mountpoint: &Path,
     paths: &[Vec<u8>],
     cwd: &[u8],
-) -> Result<Vec<(RelPath, Meta, Vec<u8>)>, String> {
+    mut send: impl FnMut(CopyPiece) -> Result<(), String>,
+) -> Result<(), String> {
     use rustix::fs::FileType;
-    use std::io::Read;
     let view = Root::open(mountpoint).map_err(|e| format!("{}: {e}", mountpoint.display()))?;
-    let mut out = Vec::new();
     for typed in paths {
         let shown = String::from_utf8_lossy(typed).into_owned();
         let top = view_path(mountpoint, typed, cwd).map_err(|why| format!("{shown}: {why}"))?;
@@ -897,7 +904,7 @@ fn read_view(
                 .lstat(&path)
                 .and_then(|stat| stat.ok_or_else(|| io::ErrorKind::NotFound.into()))
                 .map_err(failed)?;
-            let (target, data) = match FileType::from_raw_mode(stat.st_mode) {
+            let target = match FileType::from_raw_mode(stat.st_mode) {
                 FileType::Directory => {
                     let mut names = view.names(Some(&path)).map_err(failed)?;
                     // Popped from the end: reversed, the output stays sorted.
@@ -906,34 +913,72 @@ fn read_view(
                         let child = path.join(&name).map_err(|e| format!("{path}: {e}"))?;
                         todo.push(child);
                     }
-                    (None, Vec::new())
+                    None
                 }
-                FileType::Symlink => (Some(view.read_link(&path).map_err(failed)?), Vec::new()),
-                FileType::RegularFile if stat.st_size as u64 > MAX_COPY_FILE => {
-                    let limit = MAX_COPY_FILE >> 20;
-                    return Err(format!(
-                        "{path}: larger than {limit} MiB: let the sync carry it"
-                    ));
-                }
+                FileType::Symlink => Some(view.read_link(&path).map_err(failed)?),
                 FileType::RegularFile => {
-                    let mut data = Vec::new();
-                    view.open_file(&path)
-                        .and_then(|mut file| file.read_to_end(&mut data))
-                        .map_err(failed)?;
-                    (None, data)
+                    let meta = crate::beneath::meta_of(&stat, None);
+                    let file = view.open_file(&path).map_err(failed)?;
+                    send_file(path.clone(), meta, file, &mut send).map_err(|e| match e {
+                        Piece::Read(e) => failed(e),
+                        Piece::Send(e) => e,
+                    })?;
+                    continue;
                 }
                 // Fifos, sockets, devices never sync.
                 _ => continue,
             };
-            let mut meta = crate::beneath::meta_of(&stat, target);
-            if meta.kind == unionsync_core::Kind::File {
-                // What was read, even if the file changed meanwhile.
-                meta.size = data.len() as u64;
-            }
-            out.push((path, meta, data));
+            let meta = crate::beneath::meta_of(&stat, target);
+            let (data, last) = (Vec::new(), true);
+            send(CopyPiece {
+                path,
+                meta,
+                data,
+                last,
+            })?;
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Why a file's pieces stopped: reading it, or handing a piece on.
+enum Piece {
+    Read(io::Error),
+    Send(String),
+}
+
+/// One file's content as pieces; the last one's `meta` has the size read
+/// (what was read, even if the file changed meanwhile).
+fn send_file(
+    path: RelPath,
+    mut meta: Meta,
+    mut file: std::fs::File,
+    send: &mut impl FnMut(CopyPiece) -> Result<(), String>,
+) -> Result<(), Piece> {
+    use std::io::Read;
+    let mut size = 0u64;
+    loop {
+        let mut data = Vec::with_capacity(CHUNK_LEN);
+        (&mut file)
+            .take(CHUNK_LEN as u64)
+            .read_to_end(&mut data)
+            .map_err(Piece::Read)?;
+        size += data.len() as u64;
+        let last = data.len() < CHUNK_LEN;
+        if last {
+            meta.size = size;
+        }
+        send(CopyPiece {
+            path: path.clone(),
+            meta: meta.clone(),
+            data,
+            last,
+        })
+        .map_err(Piece::Send)?;
+        if last {
+            return Ok(());
+        }
+    }
 }
 
 /// Resolves each typed path to a path of the view and takes the
@@ -1141,15 +1186,54 @@ mod tests {
         std::fs::write(outside.path().join("shadow"), b"host secret").unwrap();
         std::os::unix::fs::symlink(outside.path(), view.path().join("l")).unwrap();
         std::fs::write(view.path().join("mine"), b"mine").unwrap();
-        let read = |typed: &[u8]| read_view(view.path(), &[typed.to_vec()], b"/");
-        let error = read(b"l/shadow").unwrap_err();
+        let error = read(view.path(), b"l/shadow").unwrap_err();
         assert!(error.contains("l/shadow"), "{error}");
         // The link itself is copied as a link, and files as they are.
-        let entries = read(b"l").unwrap();
+        let entries = read(view.path(), b"l").unwrap();
         assert!(
-            matches!(entries[..], [(_, ref meta, _)] if matches!(meta.kind, unionsync_core::Kind::Symlink { .. }))
+            matches!(entries[..], [CopyPiece { ref meta, .. }] if matches!(meta.kind, unionsync_core::Kind::Symlink { .. }))
         );
-        assert_eq!(read(b"mine").unwrap()[0].2, b"mine");
+        assert_eq!(read(view.path(), b"mine").unwrap()[0].data, b"mine");
+    }
+
+    /// The pieces `read_view` hands on for one typed path.
+    fn read(view: &Path, typed: &[u8]) -> Result<Vec<CopyPiece>, String> {
+        let mut pieces = Vec::new();
+        read_view(view, &[typed.to_vec()], b"/", |piece| {
+            pieces.push(piece);
+            Ok(())
+        })?;
+        Ok(pieces)
+    }
+
+    #[test]
+    fn copy_to_project_reads_a_file_in_chunks_and_the_last_piece_has_the_size_read() {
+        let view = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..2 * CHUNK_LEN).map(|i| (i % 253) as u8).collect();
+        std::fs::write(view.path().join("big"), &content).unwrap();
+        let pieces = read(view.path(), b"big").unwrap();
+        let shape: Vec<(usize, bool)> = pieces.iter().map(|p| (p.data.len(), p.last)).collect();
+        assert_eq!(shape, [(CHUNK_LEN, false), (CHUNK_LEN, false), (0, true)]);
+        assert_eq!(pieces[2].meta.size, content.len() as u64);
+        let data: Vec<u8> = pieces.into_iter().flat_map(|p| p.data).collect();
+        assert_eq!(data, content);
+    }
+
+    #[test]
+    fn copy_to_project_stops_reading_when_the_agent_stops_taking_pieces() {
+        let view = tempfile::tempdir().unwrap();
+        std::fs::write(view.path().join("big"), vec![1; 3 * CHUNK_LEN]).unwrap();
+        let mut taken = 0;
+        let error = read_view(view.path(), &[b"big".to_vec()], b"/", |_| {
+            taken += 1;
+            if taken == 2 {
+                Err("the copy stopped".into())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert_eq!((taken, error.as_str()), (2, "the copy stopped"));
     }
 
     #[test]

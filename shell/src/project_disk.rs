@@ -19,7 +19,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use unionsync_core::{conflict_path, BaseEntry, ContentHash, Kind, Meta, ProjectOp, RelPath};
 
-use crate::beneath::Root;
+use crate::beneath::{Root, ShippedFile};
 use crate::persist;
 use crate::staging::{deferral, finish_dirs, still_matches, Deferred, Staging, StepResult};
 use crate::store::{Applied, ProjectStore, StoreResult};
@@ -187,6 +187,8 @@ fn conflict_stamp_now() -> String {
 }
 
 impl ProjectStore for DiskProjectStore {
+    type Reader = ShippedFile;
+
     async fn load_base(
         &mut self,
         compute_id: u64,
@@ -247,8 +249,12 @@ impl ProjectStore for DiskProjectStore {
         Ok(self.home.walk(None)?)
     }
 
-    async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.home.read_file(path, expect)?)
+    async fn open_file(
+        &mut self,
+        path: &RelPath,
+        expect: &Meta,
+    ) -> StoreResult<Option<ShippedFile>> {
+        Ok(self.home.open_to_ship(path, expect)?)
     }
 
     async fn stage(

@@ -640,7 +640,7 @@ where
             let sync = session.current_sync();
             let timeout = session.step_timeout();
             transport::send_files(ws, sync, &files, timeout, async |path, meta| {
-                store.read_file(path, meta).await
+                store.open_file(path, meta).await
             })
             .await?
             .map(|skipped| session.handle_files_sent(now(), skipped))

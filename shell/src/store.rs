@@ -41,9 +41,47 @@ pub struct Applied {
     pub after: Vec<(RelPath, Option<Meta>)>,
 }
 
+/// A file opened to be shipped, read a chunk at a time so that memory does
+/// not grow with its size.
+pub trait FileReader {
+    /// The next bytes of the file into `buf`; 0 at its end.
+    fn read(&mut self, buf: &mut [u8]) -> StoreResult<usize>;
+    /// Asked after the last read: the file is still as it was when opened
+    /// (it did not change while being read, so what was read is not torn).
+    fn unchanged(&mut self) -> StoreResult<bool>;
+}
+
+/// A file's content taken whole when opened (in-memory stores): it cannot
+/// change while being read.
+pub struct Snapshot {
+    data: Vec<u8>,
+    at: usize,
+}
+
+impl Snapshot {
+    pub fn new(data: Vec<u8>) -> Snapshot {
+        Snapshot { data, at: 0 }
+    }
+}
+
+impl FileReader for Snapshot {
+    fn read(&mut self, buf: &mut [u8]) -> StoreResult<usize> {
+        let rest = &self.data[self.at..];
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.at += n;
+        Ok(n)
+    }
+
+    fn unchanged(&mut self) -> StoreResult<bool> {
+        Ok(true)
+    }
+}
+
 /// The compute server's side: the upper layer, whiteouts and journal.
 #[allow(async_fn_in_trait)] // agents run on a current-thread runtime
 pub trait ComputeStore {
+    type Reader: FileReader;
     /// The last committed epoch (0: none).
     async fn load_epoch(&mut self) -> StoreResult<u64>;
     /// Journaled changes (or, `full`, every upper entry and whiteout), with
@@ -54,9 +92,12 @@ pub trait ComputeStore {
         &mut self,
         paths: &[RelPath],
     ) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>>;
-    /// The content of an upper file, if it still matches `expect` and did not
-    /// change while being read.
-    async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>>;
+    /// An upper file opened for reading, if it still matches `expect`.
+    async fn open_file(
+        &mut self,
+        path: &RelPath,
+        expect: &Meta,
+    ) -> StoreResult<Option<Self::Reader>>;
     /// Receive content for a later `Take`.
     async fn stage(&mut self, path: &RelPath, data: &[u8], last: bool) -> StoreResult<()>;
     async fn apply(&mut self, ops: &[ComputeOp]) -> StoreResult<Applied>;
@@ -79,6 +120,7 @@ pub trait ComputeStore {
 /// server's base.
 #[allow(async_fn_in_trait)]
 pub trait ProjectStore {
+    type Reader: FileReader;
     async fn load_base(
         &mut self,
         compute_id: u64,
@@ -89,7 +131,12 @@ pub trait ProjectStore {
         &mut self,
         paths: &[RelPath],
     ) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>>;
-    async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>>;
+    /// A home file opened for reading, if it still matches `expect`.
+    async fn open_file(
+        &mut self,
+        path: &RelPath,
+        expect: &Meta,
+    ) -> StoreResult<Option<Self::Reader>>;
     async fn stage(
         &mut self,
         compute_id: u64,

@@ -11,11 +11,11 @@ use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as Frame};
 use tokio_tungstenite::WebSocketStream;
-use unionsync_core::wire::MAX_MESSAGE_LEN;
+use unionsync_core::wire::{CHUNK_LEN, MAX_MESSAGE_LEN};
 use unionsync_core::{Message, Meta, RelPath, WireError};
 
 use crate::archive::{ArchiveError, Event, Packer, Unpacker};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{FileReader, StoreError, StoreResult};
 
 pub type Ws<S> = WebSocketStream<S>;
 
@@ -250,45 +250,60 @@ where
 }
 
 /// Ships the files of a `SendFiles` step of sync `sync` as one archive
-/// (tar in lz4 frames, [`Message::Archive`]): each file that `read` returns
-/// is packed, each it returns `None` for goes out as `FileSkipped`. Every
-/// frame must be taken by the peer within `timeout` (backpressure: a frame
-/// is sent only once the previous one is flushed). The outer error is the
-/// connection failing; the inner one a read failing (the archive is then
-/// left unfinished and the sync fails). Inner `Ok`: the skipped.
-pub async fn send_files<S, F>(
+/// (tar in lz4 frames, [`Message::Archive`]), each file streamed a chunk at
+/// a time: memory stays bounded by a few chunks whatever the file sizes.
+/// Each file that `open` returns `None` for goes out as `FileSkipped`, and
+/// so does each that changed while being read (after its content, which
+/// the peer then does not use: a file is never shipped torn). Every frame
+/// must be taken by the peer within `timeout` (backpressure: a frame is
+/// sent only once the previous one is flushed, and the next chunk is read
+/// only then). The outer error is the connection failing; the inner one a
+/// read failing (the archive is then left unfinished and the sync fails).
+/// Inner `Ok`: the skipped.
+pub async fn send_files<S, R, F>(
     ws: &mut Ws<S>,
     sync: u64,
     files: &[(RelPath, Meta)],
     timeout: Duration,
-    mut read: F,
+    mut open: F,
 ) -> Result<StoreResult<Vec<RelPath>>, TransportError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: AsyncFnMut(&RelPath, &Meta) -> StoreResult<Option<Vec<u8>>>,
+    R: FileReader,
+    F: AsyncFnMut(&RelPath, &Meta) -> StoreResult<Option<R>>,
 {
     let mut packer = Packer::new();
     let mut skipped = Vec::new();
+    let mut buf = vec![0; CHUNK_LEN];
     for (path, meta) in files {
-        match read(path, meta).await {
-            Ok(Some(data)) => {
-                if let Err(e) = packer.file(path, meta.perm(), meta.mtime_ns, &data) {
-                    return Ok(Err(StoreError(format!("{path}: {e}"))));
+        let whole = match open(path, meta).await {
+            Ok(Some(mut file)) => {
+                match pack_file(
+                    ws,
+                    sync,
+                    &mut packer,
+                    &mut buf,
+                    path,
+                    meta,
+                    &mut file,
+                    timeout,
+                )
+                .await?
+                {
+                    Ok(whole) => whole,
+                    Err(e) => return Ok(Err(e)),
                 }
             }
-            Ok(None) => {
-                let path = path.clone();
-                let message = Message::FileSkipped {
-                    sync,
-                    path: path.clone(),
-                };
-                send_within(ws, &message, timeout).await?;
-                skipped.push(path);
-            }
+            Ok(None) => false,
             Err(e) => return Ok(Err(e)),
-        }
-        while let Some(data) = packer.next_frame() {
-            send_within(ws, &Message::Archive { sync, data }, timeout).await?;
+        };
+        if !whole {
+            let message = Message::FileSkipped {
+                sync,
+                path: path.clone(),
+            };
+            send_within(ws, &message, timeout).await?;
+            skipped.push(path.clone());
         }
     }
     let frames = match packer.finish() {
@@ -299,6 +314,68 @@ where
         send_within(ws, &Message::Archive { sync, data }, timeout).await?;
     }
     Ok(Ok(skipped))
+}
+
+/// Packs one file of `meta.size` bytes from `file`, sending each frame as
+/// it fills. Inner `Ok(false)`: the file changed while being read (it
+/// shrank: the entry is padded to its declared size with zeros); the
+/// caller skips it.
+#[allow(clippy::too_many_arguments)]
+async fn pack_file<S, R>(
+    ws: &mut Ws<S>,
+    sync: u64,
+    packer: &mut Packer,
+    buf: &mut [u8],
+    path: &RelPath,
+    meta: &Meta,
+    file: &mut R,
+    timeout: Duration,
+) -> Result<StoreResult<bool>, TransportError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: FileReader,
+{
+    let packed =
+        |result: Result<(), ArchiveError>| result.map_err(|e| StoreError(format!("{path}: {e}")));
+    if let Err(e) = packed(packer.begin_file(path, meta.perm(), meta.mtime_ns, meta.size)) {
+        return Ok(Err(e));
+    }
+    let mut left = meta.size;
+    let mut whole = true;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = if whole {
+            match file.read(&mut buf[..want]) {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(StoreError(format!("{path}: {e}")))),
+            }
+        } else {
+            0
+        };
+        let piece = if n == 0 {
+            // Shorter than when it was opened: torn, but the tar entry
+            // must still hold its declared size.
+            whole = false;
+            buf[..want].fill(0);
+            &buf[..want]
+        } else {
+            &buf[..n]
+        };
+        if let Err(e) = packed(packer.file_data(piece)) {
+            return Ok(Err(e));
+        }
+        left -= piece.len() as u64;
+        while let Some(data) = packer.next_frame() {
+            send_within(ws, &Message::Archive { sync, data }, timeout).await?;
+        }
+    }
+    if let Err(e) = packed(packer.end_file()) {
+        return Ok(Err(e));
+    }
+    match file.unchanged() {
+        Ok(unchanged) => Ok(Ok(whole && unchanged)),
+        Err(e) => Ok(Err(StoreError(format!("{path}: {e}")))),
+    }
 }
 
 /// [`send`], failing with [`TransportError::Timeout`] when the peer takes
@@ -395,7 +472,7 @@ fn file_data(sync: u64, path: &RelPath, data: Vec<u8>, last: bool) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use unionsync_core::wire::CHUNK_LEN;
+    use crate::store::Snapshot;
 
     async fn pair() -> (Ws<tokio::io::DuplexStream>, Ws<tokio::io::DuplexStream>) {
         let (a, b) = tokio::io::duplex(1 << 20);
@@ -427,16 +504,15 @@ mod tests {
     async fn files_cross_as_an_archive_and_come_out_as_file_data() {
         let (mut client, mut server) = pair().await;
         let content: Vec<u8> = (0..3 * CHUNK_LEN + 7).map(|i| (i % 251) as u8).collect();
-        let meta = Meta::file(0o644, 0, 1);
         let files = [
-            (p("empty"), meta.clone()),
-            (p("big"), meta.clone()),
-            (p("gone"), meta),
+            (p("empty"), Meta::file(0o644, 0, 1)),
+            (p("big"), Meta::file(0o644, content.len() as u64, 1)),
+            (p("gone"), Meta::file(0o644, 1, 1)),
         ];
         let skipped = send_files(&mut client, 3, &files, TIMEOUT, async |path, _| {
             Ok(match path.as_bytes() {
-                b"empty" => Some(Vec::new()),
-                b"big" => Some(content.clone()),
+                b"empty" => Some(Snapshot::new(Vec::new())),
+                b"big" => Some(Snapshot::new(content.clone())),
                 _ => None,
             })
         })
@@ -447,7 +523,13 @@ mod tests {
         send(&mut client, &Message::DataDone { sync: 3 })
             .await
             .unwrap();
-        let messages = received(&mut server).await;
+        let (files, skipped) = files_and_skipped(received(&mut server).await);
+        assert_eq!(files, vec![(p("empty"), Vec::new()), (p("big"), content)]);
+        assert_eq!(skipped, vec![p("gone")]);
+    }
+
+    /// The files (content merged per path) and the skipped paths of sync 3.
+    fn files_and_skipped(messages: Vec<Message>) -> (Vec<(RelPath, Vec<u8>)>, Vec<RelPath>) {
         let mut files: Vec<(RelPath, Vec<u8>)> = Vec::new();
         let mut skipped = Vec::new();
         for message in messages {
@@ -456,30 +538,83 @@ mod tests {
                     sync: 3,
                     path,
                     data,
-                    last,
-                } => {
-                    match files.last_mut() {
-                        Some((open, so_far)) if *open == path => so_far.extend(data),
-                        _ => files.push((path, data)),
-                    }
-                    let _ = last;
-                }
+                    ..
+                } => match files.last_mut() {
+                    Some((open, so_far)) if *open == path => so_far.extend(data),
+                    _ => files.push((path, data)),
+                },
                 Message::FileSkipped { sync: 3, path } => skipped.push(path),
                 Message::DataDone { sync: 3 } => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
-        assert_eq!(files, vec![(p("empty"), Vec::new()), (p("big"), content)]);
-        assert_eq!(skipped, vec![p("gone")]);
+        (files, skipped)
+    }
+
+    #[tokio::test]
+    async fn a_file_that_shrinks_while_being_read_is_skipped_and_the_archive_stays_sound() {
+        let (mut client, mut server) = pair().await;
+        let files = [
+            (p("shrank"), Meta::file(0o644, 3 * CHUNK_LEN as u64, 1)),
+            (p("next"), Meta::file(0o644, 2, 1)),
+        ];
+        let skipped = send_files(&mut client, 3, &files, TIMEOUT, async |path, _| {
+            Ok(Some(Snapshot::new(match path.as_bytes() {
+                b"shrank" => vec![5; CHUNK_LEN + 1],
+                _ => b"ok".to_vec(),
+            })))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(skipped, vec![p("shrank")]);
+        send(&mut client, &Message::DataDone { sync: 3 })
+            .await
+            .unwrap();
+        let (files, skipped) = files_and_skipped(received(&mut server).await);
+        assert_eq!(skipped, vec![p("shrank")]);
+        assert_eq!(files[1], (p("next"), b"ok".to_vec()));
+    }
+
+    /// Reads like a snapshot, but reports a change once read.
+    struct Changed(Snapshot);
+
+    impl FileReader for Changed {
+        fn read(&mut self, buf: &mut [u8]) -> StoreResult<usize> {
+            self.0.read(buf)
+        }
+        fn unchanged(&mut self) -> StoreResult<bool> {
+            Ok(false)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_that_changed_while_being_read_is_skipped() {
+        let (mut client, mut server) = pair().await;
+        let files = [(p("f"), Meta::file(0o644, 4, 1))];
+        let skipped = send_files(&mut client, 3, &files, TIMEOUT, async |_, _| {
+            Ok(Some(Changed(Snapshot::new(b"torn".to_vec()))))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(skipped, vec![p("f")]);
+        send(&mut client, &Message::DataDone { sync: 3 })
+            .await
+            .unwrap();
+        assert_eq!(
+            files_and_skipped(received(&mut server).await).1,
+            vec![p("f")]
+        );
     }
 
     #[tokio::test]
     async fn only_the_last_piece_of_a_file_is_marked_last() {
         let (mut client, mut server) = pair().await;
         let content = vec![1u8; 2 * CHUNK_LEN];
-        let files = [(p("f"), Meta::file(0o644, 0, 1))];
+        let files = [(p("f"), Meta::file(0o644, content.len() as u64, 1))];
         send_files(&mut client, 1, &files, TIMEOUT, async |_, _| {
-            Ok(Some(content.clone()))
+            Ok(Some(Snapshot::new(content.clone())))
         })
         .await
         .unwrap()

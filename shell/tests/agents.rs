@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use unionsync::compute_agent::{run_compute_agent, AgentCommand, ComputeAgentConfig, Connector};
 use unionsync::project_server::{serve_connection, ServeError};
-use unionsync::store::{Applied, ComputeStore, ProjectStore, StoreError, StoreResult};
+use unionsync::store::{Applied, ComputeStore, ProjectStore, Snapshot, StoreError, StoreResult};
 use unionsync::transport;
 use unionsync::transport::TransportError;
 use unionsync_core::wire::MAX_MESSAGE_LEN;
@@ -45,6 +45,7 @@ struct ComputeDisk {
 }
 
 impl ComputeStore for FakeCompute {
+    type Reader = Snapshot;
     async fn load_epoch(&mut self) -> StoreResult<u64> {
         Ok(self.0.borrow().epoch)
     }
@@ -61,13 +62,13 @@ impl ComputeStore for FakeCompute {
     async fn hashes(&mut self, _: &[RelPath]) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>> {
         not_in_this_test("hashes")
     }
-    async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>> {
+    async fn open_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Snapshot>> {
         let disk = self.0.borrow();
         let file = disk
             .files
             .get(path)
             .filter(|(meta, _)| meta.matches(expect));
-        Ok(file.map(|(_, data)| data.clone()))
+        Ok(file.map(|(_, data)| Snapshot::new(data.clone())))
     }
     async fn stage(&mut self, _: &RelPath, _: &[u8], _: bool) -> StoreResult<()> {
         not_in_this_test("stage")
@@ -97,6 +98,7 @@ struct ProjectDisk {
 }
 
 impl ProjectStore for FakeProject {
+    type Reader = Snapshot;
     async fn load_base(&mut self, _: u64) -> StoreResult<(u64, BTreeMap<RelPath, BaseEntry>)> {
         self.0.borrow_mut().calls.push("load_base");
         Ok((0, BTreeMap::new()))
@@ -113,8 +115,8 @@ impl ProjectStore for FakeProject {
     async fn hashes(&mut self, _: &[RelPath]) -> StoreResult<Vec<(RelPath, Option<ContentHash>)>> {
         not_in_this_test("hashes")
     }
-    async fn read_file(&mut self, _: &RelPath, _: &Meta) -> StoreResult<Option<Vec<u8>>> {
-        not_in_this_test("read_file")
+    async fn open_file(&mut self, _: &RelPath, _: &Meta) -> StoreResult<Option<Snapshot>> {
+        not_in_this_test("open_file")
     }
     async fn stage(&mut self, _: u64, path: &RelPath, data: &[u8], _: bool) -> StoreResult<()> {
         let mut disk = self.0.borrow_mut();

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use unionsync::store::{Applied, ComputeStore, ProjectStore, StoreResult};
+use unionsync::store::{Applied, ComputeStore, ProjectStore, Snapshot, StoreResult};
 use unionsync_core::model::{ComputeUnion, Deferred, Node, ProjectHome, Staged};
 use unionsync_core::{BaseEntry, Change, ComputeOp, ContentHash, Meta, ProjectOp, RelPath};
 
@@ -77,6 +77,8 @@ impl Clone for SimProjectStore {
 }
 
 impl ProjectStore for SimProjectStore {
+    type Reader = Snapshot;
+
     async fn load_base(
         &mut self,
         compute_id: u64,
@@ -115,8 +117,13 @@ impl ProjectStore for SimProjectStore {
             .collect())
     }
 
-    async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.disks.borrow().project.read(path, expect))
+    async fn open_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Snapshot>> {
+        Ok(self
+            .disks
+            .borrow()
+            .project
+            .read(path, expect)
+            .map(Snapshot::new))
     }
 
     async fn stage(
@@ -242,6 +249,8 @@ impl SimComputeStore {
 }
 
 impl ComputeStore for SimComputeStore {
+    type Reader = Snapshot;
+
     async fn load_epoch(&mut self) -> StoreResult<u64> {
         Ok(self
             .disks
@@ -263,8 +272,8 @@ impl ComputeStore for SimComputeStore {
         Ok(self.with_union(|union, _| paths.iter().map(|p| (p.clone(), union.hash(p))).collect()))
     }
 
-    async fn read_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.with_union(|union, _| union.read(path, expect)))
+    async fn open_file(&mut self, path: &RelPath, expect: &Meta) -> StoreResult<Option<Snapshot>> {
+        Ok(self.with_union(|union, _| union.read(path, expect).map(Snapshot::new)))
     }
 
     async fn stage(&mut self, path: &RelPath, data: &[u8], last: bool) -> StoreResult<()> {

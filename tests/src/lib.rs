@@ -69,6 +69,19 @@ pub fn detach(path: &Path) {
 }
 
 impl Daemon {
+    /// The peak resident memory of the process so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the daemon's /proc status");
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().strip_suffix("kB"))
+            .and_then(|kib| kib.trim().parse::<u64>().ok())
+            .expect("VmHWM in /proc/<pid>/status");
+        kib << 10
+    }
+
     /// SIGTERM: a clean stop.
     pub fn terminate(&self) {
         let _ = Command::new("kill")
@@ -754,4 +767,40 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
         .expect("openssl is installed (.ci/run installs it)");
     assert!(status.success());
     (cert, key)
+}
+
+/// `size` bytes (a multiple of 4 MiB) lz4 cannot squash: a 4 MiB pseudo-random block (beyond
+/// lz4's 64 KiB window) over and over, each copy stamped with its number.
+pub fn write_incompressible(path: &Path, size: u64) {
+    let mut block = vec![0u8; 4 << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for word in block.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        word.copy_from_slice(&x.to_le_bytes());
+    }
+    let mut file = std::fs::File::create(path).unwrap();
+    for n in 0..size / block.len() as u64 {
+        block[..8].copy_from_slice(&n.to_le_bytes());
+        std::io::Write::write_all(&mut file, &block).unwrap();
+    }
+}
+
+/// Whether two files hold the same bytes (read a piece at a time).
+pub fn same_content(a: &Path, b: &Path) -> bool {
+    let (mut a, mut b) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    let (mut x, mut y) = (vec![0; 1 << 20], vec![0; 1 << 20]);
+    loop {
+        let n = std::io::Read::read(&mut a, &mut x).unwrap();
+        if n == 0 {
+            return std::io::Read::read(&mut b, &mut y).unwrap() == 0;
+        }
+        if std::io::Read::read_exact(&mut b, &mut y[..n]).is_err() || x[..n] != y[..n] {
+            return false;
+        }
+    }
 }

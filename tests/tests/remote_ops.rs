@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use unionsync_tests::{binary, fuse_available, wait_for, Daemon, Scene};
+use unionsync_tests::{
+    binary, fuse_available, same_content, wait_for, write_incompressible, Daemon, Scene,
+};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -194,6 +196,33 @@ fn copy_to_project_puts_a_tree_in_the_project_and_keeps_the_project_version() {
         kept.iter()
             .any(|(path, data)| path == b"scratch/run/out.txt" && data == b"the project's"),
         "{kept:?}"
+    );
+}
+
+/// Over the 256 MiB that `copy --to-project` once refused (it read each
+/// file whole): it streams now, so the compute daemon's memory stays far
+/// below the file's size.
+#[test]
+fn copy_to_project_carries_a_file_over_the_old_cap_in_bounded_memory() {
+    const SIZE: u64 = 264 << 20;
+    let Some((scene, m, _project, compute)) = connected() else {
+        return;
+    };
+    std::fs::create_dir_all(m.mount.join("scratch")).unwrap();
+    write_incompressible(&m.mount.join("scratch/big"), SIZE);
+    let before = compute.peak_rss();
+    let copied = copy(&compute, "--to-project", &m.mount.join("scratch/big"));
+    assert!(copied.status.success(), "{}", text(&copied));
+    assert!(same_content(
+        &scene.home.join("scratch/big"),
+        &m.mount.join("scratch/big")
+    ));
+    let peak = compute.peak_rss();
+    assert!(
+        peak < 128 << 20,
+        "the compute daemon peaked at {} MiB (before the copy: {} MiB)",
+        peak >> 20,
+        before >> 20
     );
 }
 
