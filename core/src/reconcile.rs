@@ -134,16 +134,17 @@ pub fn needs_project_subtree(compute: Option<&Reported>, project: Option<&Meta>)
     project_dir && compute_not_dir
 }
 
-/// True when both sides changed a file to the same size and mode and the
-/// reconcile needs both hashes to tell an identical edit from a conflict.
-/// A path only one side changed (or neither) needs none: its decision does
-/// not compare the sides' content, so an unchanged tree costs no reads.
+/// True when a side changed a file to the same size and mode as the other
+/// side's: the reconcile needs both hashes to tell an identical edit from a
+/// conflict, and the plan to see that a change needs no copy (a clean
+/// cached copy is never pushed back). A path neither side changed needs
+/// none (its decision is `Nothing` whatever the content), so an unchanged
+/// tree costs no reads.
 pub fn needs_hashes(input: &PathInput) -> bool {
     match (&input.compute, &input.project) {
         (Some(Reported::Present(c)), Some(p)) => {
             c.same_content(p) == Sameness::Unknown
-                && compute_changed(ComputeView::Upper, input)
-                && project_changed(input)
+                && (compute_changed(ComputeView::Upper, input) || project_changed(input))
         }
         _ => false,
     }

@@ -440,24 +440,27 @@ fn a_sync_with_no_changes_moves_no_data() {
 }
 
 #[test]
-fn a_sync_hashes_no_file_that_only_one_side_changed() {
+fn a_sync_hashes_no_file_that_neither_side_changed() {
     let mut pair = Pair::new(b"secret");
     pair.compute.handle_connected(pair.now);
     for name in ["a", "b", "c"] {
         pair.compute_writes(Mutation::Write(p(name), b"x".to_vec()));
     }
     pair.sync();
-    // Same size and mode as before: only a hash could tell the sides'
-    // content apart, and no decision here needs to.
+    // Same size and mode as before: only a hash tells the sides' content
+    // apart, and only the changed file needs one.
     pair.compute_writes(Mutation::Write(p("a"), b"y".to_vec()));
     pair.now += Duration::from_secs(60);
     pair.compute.sync_now(pair.now);
     let sent = pair.pump();
-    let asked: Vec<&Message> = sent
+    let asked: Vec<&Vec<RelPath>> = sent
         .iter()
-        .filter(|m| matches!(m, Message::HashRequest { .. }))
+        .filter_map(|m| match m {
+            Message::HashRequest { paths, .. } => Some(paths),
+            _ => None,
+        })
         .collect();
-    assert!(asked.is_empty(), "{asked:?}");
+    assert_eq!(asked, vec![&vec![p("a")]]);
     check_union_matches(&pair.union, &pair.home).unwrap();
 }
 
