@@ -33,8 +33,7 @@ use crate::meta::{same_state, ContentHash, Kind, Meta, Sameness};
 use crate::path::RelPath;
 use crate::plan::{reconcile, ComputeOp, Plan, ProjectOp};
 use crate::reconcile::{
-    needs_hashes, needs_project_subtree, BaseEntry, ComputeView, Decision, Inputs, PathInput,
-    Reported,
+    needs_hashes, needs_project_subtree, BaseEntry, ComputeView, Inputs, PathInput, Reported,
 };
 use crate::wire::{
     index_chunks, meta_extra, Change, ErrorCode, Message, RemoteEntry, RemoteOp, PROTOCOL_VERSION,
@@ -966,15 +965,6 @@ impl ProjectSession {
                 continue; // the old base stays: the path is decided again next time
             }
             let input = &flight.inputs[path];
-            // Neither side changed an upper path: its base still describes
-            // both (and keeps the hashes an earlier sync took).
-            let untouched = resolution.decision == Decision::Nothing
-                && resolution.view == ComputeView::Upper
-                && !upper.contains_key(path)
-                && !flight.project_after.contains_key(path);
-            if untouched && self.base.contains_key(path) {
-                continue;
-            }
             let compute_after = match upper.get(path) {
                 Some(after) => after.clone(),
                 None => match (resolution.view, &input.compute) {
