@@ -251,6 +251,15 @@ pub struct ProjectSession {
     next_remote: u64,
     /// `CopyIn` entries that failed (their later pieces are dropped).
     copies_failed: BTreeSet<u64>,
+    /// The shell watches the home and reports its changes
+    /// ([`ProjectSession::handle_watch_started`]).
+    watched: bool,
+    /// What changed in the home since the last sync stated it, as the
+    /// watcher reported it (`true`: gone or no longer a directory, so its
+    /// base descendants may have gone with it). `None` until a sync stated
+    /// the whole base, and again after lost events: then the next sync
+    /// states the whole base.
+    project_changed: Option<BTreeMap<RelPath, bool>>,
 }
 
 impl ProjectSession {
@@ -273,7 +282,58 @@ impl ProjectSession {
             remote_pending: BTreeSet::new(),
             next_remote: 0,
             copies_failed: BTreeSet::new(),
+            watched: false,
+            project_changed: None,
         }
+    }
+
+    /// The shell watches the home from now on and reports every change it
+    /// sees ([`ProjectSession::handle_index_delta`]) or that it lost some
+    /// ([`ProjectSession::handle_index_rescan`]). After one sync stated the
+    /// whole base, a sync states only the paths either side changed (with
+    /// their ancestors, and the base beneath a path that went away), so
+    /// its cost follows the changes, not the files.
+    pub fn handle_watch_started(&mut self) {
+        self.watched = true;
+    }
+
+    /// The watcher stopped: every sync states the whole base again.
+    pub fn handle_watch_ended(&mut self) {
+        self.watched = false;
+        self.project_changed = None;
+    }
+
+    /// The paths a sync states: what the compute side reported, and every
+    /// base path — or, once the watcher has reported every project change
+    /// since the last such sync, only the base paths that either side
+    /// changed, or that lie beneath a path that went away or stopped being
+    /// a directory. Base paths outside those are unchanged on both sides:
+    /// they decide nothing.
+    fn paths_to_stat(&mut self, changes: &BTreeMap<RelPath, Change>) -> BTreeSet<RelPath> {
+        let mut paths: BTreeSet<RelPath> = changes.keys().cloned().collect();
+        let project_changed = match self.watched {
+            true => self.project_changed.replace(BTreeMap::new()),
+            false => None,
+        };
+        match project_changed {
+            None => paths.extend(self.base.keys().cloned()),
+            Some(project_changed) => {
+                let compute_gone = changes.values().filter(
+                    |change| !matches!(&change.state, Reported::Present(meta) if meta.is_dir()),
+                );
+                let gone: Vec<&RelPath> = compute_gone
+                    .map(|change| &change.path)
+                    .chain(project_changed.iter().filter(|(_, g)| **g).map(|(p, _)| p))
+                    .collect();
+                for root in gone {
+                    paths.extend(base_beneath(&self.base, root).cloned());
+                }
+                paths.extend(project_changed.into_keys().filter(|p| !p.is_reserved()));
+            }
+        }
+        let ancestors: Vec<RelPath> = paths.iter().flat_map(|p| p.ancestors()).collect();
+        paths.extend(ancestors);
+        paths
     }
 
     /// The compute server on the other end, once it said hello.
@@ -480,10 +540,7 @@ impl ProjectSession {
                     }
                     flight.changes.insert(change.path.clone(), change);
                 }
-                let mut paths: BTreeSet<RelPath> = flight.changes.keys().cloned().collect();
-                paths.extend(self.base.keys().cloned());
-                let ancestors: Vec<RelPath> = paths.iter().flat_map(|p| p.ancestors()).collect();
-                paths.extend(ancestors);
+                let paths = self.paths_to_stat(&flight.changes);
                 self.io.push_back(ProjectIo::Stat {
                     paths: paths.into_iter().collect(),
                 });
@@ -639,6 +696,12 @@ impl ProjectSession {
     /// Paths the watcher saw change (`None`: gone). Before Welcome they are
     /// dropped: the snapshot that follows Welcome covers them.
     pub fn handle_index_delta(&mut self, changes: Vec<(RelPath, Option<Meta>)>) {
+        if let Some(project_changed) = &mut self.project_changed {
+            for (path, meta) in &changes {
+                let gone = !meta.as_ref().is_some_and(Meta::is_dir);
+                *project_changed.entry(path.clone()).or_insert(false) |= gone;
+            }
+        }
         if !self.config.lower_index || !self.welcomed() || changes.is_empty() {
             return;
         }
@@ -674,8 +737,10 @@ impl ProjectSession {
         Some(id)
     }
 
-    /// The watcher lost events: send the whole index again.
+    /// The watcher lost events: send the whole index again, and state the
+    /// whole base at the next sync.
     pub fn handle_index_rescan(&mut self) {
+        self.project_changed = None;
         if self.config.lower_index && self.welcomed() {
             self.io.push_back(ProjectIo::IndexSnapshot);
         }
@@ -955,6 +1020,20 @@ impl ProjectSession {
         });
         Ok(State::Committing(flight))
     }
+}
+
+/// The base paths strictly beneath `root` (contiguous in path order).
+fn base_beneath<'b>(
+    base: &'b BTreeMap<RelPath, BaseEntry>,
+    root: &'b RelPath,
+) -> impl Iterator<Item = &'b RelPath> + 'b {
+    use std::ops::Bound::{Excluded, Unbounded};
+    base.range::<RelPath, _>((Excluded(root), Unbounded))
+        .map(|(path, _)| path)
+        .take_while(move |path| {
+            let (path, root) = (path.as_bytes(), root.as_bytes());
+            path.len() > root.len() && path.starts_with(root) && path[root.len()] == b'/'
+        })
 }
 
 fn check_sync(what: &'static str, got: u64, expected: u64) -> Result<(), ProjectError> {

@@ -138,11 +138,18 @@ pub fn needs_project_subtree(compute: Option<&Reported>, project: Option<&Meta>)
     project_dir && compute_not_dir
 }
 
-/// True when both sides changed a file to the same size and mode and the
-/// reconcile needs both hashes to tell an identical edit from a conflict.
+/// True when a side changed a file to the same size and mode as the other
+/// side's: the reconcile needs both hashes to tell an identical edit from a
+/// conflict, and the plan to see that a change needs no copy (a clean
+/// cached copy is never pushed back). A path neither side changed needs
+/// none (its decision is `Nothing` whatever the content), so an unchanged
+/// tree costs no reads.
 pub fn needs_hashes(input: &PathInput) -> bool {
     match (&input.compute, &input.project) {
-        (Some(Reported::Present(c)), Some(p)) => c.same_content(p) == Sameness::Unknown,
+        (Some(Reported::Present(c)), Some(p)) => {
+            c.same_content(p) == Sameness::Unknown
+                && (compute_changed(ComputeView::Upper, input) || project_changed(input))
+        }
         _ => false,
     }
 }
@@ -360,11 +367,11 @@ pub(crate) fn resolve(inputs: &Inputs) -> Result<Resolved<'_>, InputError> {
     })
 }
 
-/// The per-path table, before tree consistency.
-fn decide(input: &PathInput, view: ComputeView) -> Resolution {
+/// Did the compute side change the path since the base (or since what it
+/// saw in the lower, without one)? By its own clock only.
+fn compute_changed(view: ComputeView, input: &PathInput) -> bool {
     let compute_now = compute_state(view, input);
-    let project_now = input.project.as_ref();
-    let compute_changed = match (view, &input.base, &input.seen) {
+    match (view, &input.base, &input.seen) {
         (ComputeView::Lower, _, _) => false,
         (ComputeView::Hidden, base, _) => base.is_some(),
         (_, Some(base), _) => compute_now.is_none_or(|now| now.changed_since(&base.compute)),
@@ -372,16 +379,28 @@ fn decide(input: &PathInput, view: ComputeView) -> Resolution {
             compute_now.is_none_or(|now| now.same_content(seen) != Sameness::Same)
         }
         (_, None, None) => compute_now.is_some(),
-    };
-    let project_changed = match (&input.base, &input.seen) {
+    }
+}
+
+/// Did the project change the path since the base (or since what the
+/// compute side saw in the lower, without one)? By the project's clock.
+fn project_changed(input: &PathInput) -> bool {
+    let project_now = input.project.as_ref();
+    match (&input.base, &input.seen) {
         (Some(base), _) => project_now.is_none_or(|now| now.changed_since(&base.project)),
         (None, Some(seen)) if input.seen_via_mount => {
             project_now.is_none_or(|now| now.changed_since_mount_view(seen))
         }
         (None, Some(seen)) => project_now.is_none_or(|now| now.changed_since(seen)),
         (None, None) => project_now.is_some(),
-    };
-    let (decision, winner) = match (compute_changed, project_changed) {
+    }
+}
+
+/// The per-path table, before tree consistency.
+fn decide(input: &PathInput, view: ComputeView) -> Resolution {
+    let compute_now = compute_state(view, input);
+    let project_now = input.project.as_ref();
+    let (decision, winner) = match (compute_changed(view, input), project_changed(input)) {
         (false, false) => (Decision::Nothing, Side::Project),
         (true, false) => (Decision::Push, Side::Compute),
         (false, true) => (Decision::Pull, Side::Project),

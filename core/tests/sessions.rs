@@ -35,6 +35,8 @@ struct Pair {
     copied_in: BTreeMap<RelPath, Vec<u8>>,
     /// A change the user makes right before the next compute-side apply.
     before_compute_apply: Option<Mutation>,
+    /// The paths of every `Stat` the project session asked for.
+    stated: Vec<Vec<RelPath>>,
 }
 
 fn p(s: &str) -> RelPath {
@@ -78,6 +80,7 @@ impl Pair {
             project_events: Vec::new(),
             copied_in: BTreeMap::new(),
             before_compute_apply: None,
+            stated: Vec::new(),
         }
     }
 
@@ -207,6 +210,7 @@ impl Pair {
                     .handle_base(now, self.base.0, self.base.1.clone());
             }
             ProjectIo::Stat { paths } => {
+                self.stated.push(paths.clone());
                 let stats = paths
                     .iter()
                     .map(|p| (p.clone(), self.home.meta(p)))
@@ -311,6 +315,41 @@ impl Pair {
     fn compute_writes(&mut self, m: Mutation) {
         self.union.mutate(&self.home.tree, &m);
     }
+
+    /// A project user changes `path`; the watcher reports `reported` (and
+    /// their parents, as it does) with their state now.
+    fn project_writes_watched(&mut self, m: Mutation, reported: &[&str]) {
+        self.home.mutate(&m);
+        let mut paths: Vec<RelPath> = reported.iter().map(|r| p(r)).collect();
+        paths.extend(paths.clone().iter().filter_map(RelPath::parent));
+        paths.sort();
+        paths.dedup();
+        let delta = paths
+            .into_iter()
+            .map(|path| {
+                let meta = self.home.meta(&path);
+                (path, meta)
+            })
+            .collect();
+        self.project.handle_index_delta(delta);
+    }
+
+    /// The paths the last sync stated.
+    fn last_stated(&self) -> Vec<RelPath> {
+        self.stated.last().cloned().unwrap_or_default()
+    }
+}
+
+/// A watched pair with `files` synced (the first sync stated everything).
+fn watched_pair(files: &[&str]) -> Pair {
+    let mut pair = Pair::new(b"secret");
+    pair.project.handle_watch_started();
+    pair.compute.handle_connected(pair.now);
+    for file in files {
+        pair.compute_writes(Mutation::Write(p(file), b"x".to_vec()));
+    }
+    pair.sync();
+    pair
 }
 
 /// A file as the `FileData` frames a sender cuts it into.
@@ -421,6 +460,31 @@ fn a_sync_with_no_changes_moves_no_data() {
         Some(Message::Plan { ops, want, .. }) => assert!(ops.is_empty() && want.is_empty()),
         other => panic!("no plan: {other:?}"),
     }
+}
+
+#[test]
+fn a_sync_hashes_no_file_that_neither_side_changed() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    for name in ["a", "b", "c"] {
+        pair.compute_writes(Mutation::Write(p(name), b"x".to_vec()));
+    }
+    pair.sync();
+    // Same size and mode as before: only a hash tells the sides' content
+    // apart, and only the changed file needs one.
+    pair.compute_writes(Mutation::Write(p("a"), b"y".to_vec()));
+    pair.now += Duration::from_secs(60);
+    pair.compute.sync_now(pair.now);
+    let sent = pair.pump();
+    let asked: Vec<&Vec<RelPath>> = sent
+        .iter()
+        .filter_map(|m| match m {
+            Message::HashRequest { paths, .. } => Some(paths),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![&vec![p("a")]]);
+    check_union_matches(&pair.union, &pair.home).unwrap();
 }
 
 #[test]
@@ -710,5 +774,76 @@ fn a_file_recreated_while_its_deletion_syncs_is_pushed_without_a_conflict() {
         pair.home.tree[&p("build/x.o")].content,
         unionsync_core::model::Content::File(b"new".to_vec())
     );
+    check_union_matches(&pair.union, &pair.home).unwrap();
+}
+
+#[test]
+fn a_watched_home_lets_a_sync_state_only_what_the_compute_side_changed() {
+    let mut pair = watched_pair(&["a", "b", "d/e"]);
+    pair.compute_writes(Mutation::Write(p("a"), b"new".to_vec()));
+    pair.sync();
+    assert_eq!(pair.last_stated(), vec![p("a")]);
+    assert_eq!(
+        pair.home.tree[&p("a")].content,
+        unionsync_core::model::Content::File(b"new".to_vec())
+    );
+    check_union_matches(&pair.union, &pair.home).unwrap();
+}
+
+#[test]
+fn an_idle_sync_of_a_watched_home_states_nothing() {
+    let mut pair = watched_pair(&["a", "b", "d/e"]);
+    pair.sync();
+    assert_eq!(pair.last_stated(), Vec::<RelPath>::new());
+}
+
+#[test]
+fn a_project_change_the_watcher_reported_is_pulled() {
+    let mut pair = watched_pair(&["a", "b", "d/e"]);
+    pair.project_writes_watched(Mutation::Write(p("d/e"), b"project".to_vec()), &["d/e"]);
+    pair.sync();
+    assert_eq!(pair.last_stated(), vec![p("d"), p("d/e")]);
+    check_union_matches(&pair.union, &pair.home).unwrap();
+}
+
+#[test]
+fn a_directory_the_watcher_reports_gone_takes_its_synced_files_with_it() {
+    let mut pair = watched_pair(&["a", "d/e", "d/f/g"]);
+    // Only the directory is reported: nothing remembers what it held.
+    pair.project_writes_watched(Mutation::Remove(p("d")), &["d"]);
+    pair.sync();
+    assert!(
+        pair.last_stated().contains(&p("d/f/g")),
+        "{:?}",
+        pair.last_stated()
+    );
+    check_union_matches(&pair.union, &pair.home).unwrap();
+    assert!(!pair.union.upper.contains_key(&p("d/e")));
+}
+
+#[test]
+fn after_lost_events_a_sync_states_the_whole_base_again() {
+    let mut pair = watched_pair(&["a", "b"]);
+    pair.project.handle_index_rescan();
+    // Changed with no news (the news was lost).
+    pair.home
+        .mutate(&Mutation::Write(p("b"), b"project".to_vec()));
+    pair.sync();
+    check_union_matches(&pair.union, &pair.home).unwrap();
+    pair.sync();
+    assert_eq!(pair.last_stated(), Vec::<RelPath>::new(), "tracked again");
+}
+
+#[test]
+fn without_a_watcher_every_sync_states_the_whole_base() {
+    let mut pair = Pair::new(b"secret");
+    pair.compute.handle_connected(pair.now);
+    pair.compute_writes(Mutation::Write(p("a"), b"x".to_vec()));
+    pair.compute_writes(Mutation::Write(p("b"), b"x".to_vec()));
+    pair.sync();
+    pair.home
+        .mutate(&Mutation::Write(p("b"), b"project".to_vec()));
+    pair.sync();
+    assert_eq!(pair.last_stated(), vec![p("a"), p("b")]);
     check_union_matches(&pair.union, &pair.home).unwrap();
 }

@@ -395,6 +395,11 @@ where
     let mut alive = Liveness::new(Keepalive::for_step(config.step_timeout), now());
     let idle = alive.idle();
     let mut session = ProjectSession::new(config, now());
+    if news.is_some() {
+        // Subscribed before the session exists: every change from here on
+        // reaches it, so a sync may state only what changed.
+        session.handle_watch_started();
+    }
     let mut inbound = Inbound::default();
     let (remote, mut remote_calls) = mpsc::unbounded_channel();
     if let Some(events) = events {
@@ -489,7 +494,10 @@ where
                 },
                 // This connection fell behind the watcher: start it over.
                 Err(broadcast::error::RecvError::Lagged(_)) => session.handle_index_rescan(),
-                Err(broadcast::error::RecvError::Closed) => news = None,
+                Err(broadcast::error::RecvError::Closed) => {
+                    session.handle_watch_ended();
+                    news = None;
+                }
             },
         }
     }
