@@ -263,10 +263,11 @@ impl Flusher {
             let meta = match self.meta(&path) {
                 Ok(meta) => meta,
                 Err(error) => {
-                    // Something changes under our feet; its next event
-                    // reports it.
-                    tracing::debug!(%path, %error, "project watch: cannot stat");
-                    continue;
+                    // Syncs stat only what the watch reported: a change it
+                    // cannot read must not go unreported. (A vanished entry
+                    // is `None`, not an error: this is EACCES, EIO…)
+                    tracing::warn!(%path, %error, "project watch: cannot stat, asking for a rescan");
+                    return self.news.send(WatchNews::Rescan).is_ok();
                 }
             };
             // Entries created in a new directory before notify put a watch
@@ -278,7 +279,10 @@ impl Flusher {
                     Ok(entries) => {
                         report.extend(entries.into_iter().map(|(path, meta)| (path, Some(meta))))
                     }
-                    Err(error) => tracing::debug!(%path, %error, "project watch: cannot walk"),
+                    Err(error) => {
+                        tracing::warn!(%path, %error, "project watch: cannot walk, asking for a rescan");
+                        return self.news.send(WatchNews::Rescan).is_ok();
+                    }
                 }
             }
             report.insert(path, meta);
